@@ -1,0 +1,22 @@
+"""kbert: the whole BERT life cycle with Keras 3.
+
+Build a BERT, pretrain it on your own text, fine-tune it and serve it with TensorFlow
+Serving. Model code uses only `keras` and `keras.ops`, so it runs on the TensorFlow, JAX
+and PyTorch backends.
+"""
+
+from kbert.backbone import BertBackbone
+from kbert.classifier import BertClassifier
+from kbert.masked_lm import BertMaskedLM
+from kbert.model_dir import load
+from kbert.sizes import size_config
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BertBackbone",
+    "BertClassifier",
+    "BertMaskedLM",
+    "load",
+    "size_config",
+]

@@ -1,0 +1,198 @@
+"""BertBackbone: the BERT encoder network."""
+
+import keras
+from keras import ops
+
+from kbert.layers import TransformerEncoder, bert_kernel_initializer
+from kbert.sizes import size_config
+
+
+def _check_positive_int(name, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"Expected {name} to be a positive integer. Received: {name}={value!r}")
+
+
+@keras.saving.register_keras_serializable(package="kbert")
+class BertBackbone(keras.Model):
+    """A BERT encoder (Devlin et al. 2018) that outputs the final hidden states.
+
+    Token, position and segment embeddings are summed, layer-normalised and passed through
+    a stack of post-LayerNorm Transformer encoder blocks with exact (erf) GELU and LayerNorm
+    epsilon 1e-12, as in the original BERT. `pooled_output` is a tanh dense layer on the
+    `[CLS]` (first) position. Softmax, LayerNorm and both outputs are float32 under mixed
+    precision policies.
+
+    Args:
+        vocabulary_size: number of token ids.
+        num_layers: number of encoder blocks.
+        num_heads: number of attention heads; must divide `hidden_dim`.
+        hidden_dim: width of the hidden states.
+        intermediate_dim: width of each block's feed-forward layer.
+        dropout: dropout rate everywhere dropout applies.
+        max_sequence_length: number of learned positions, the longest sequence accepted.
+        num_segments: number of segment (token type) ids.
+        dtype: dtype policy of the layers; `None` follows the global Keras policy.
+
+    Example:
+    >>> backbone = BertBackbone.from_size("tiny", vocabulary_size=100)
+    >>> outputs = backbone({
+    ...     "token_ids": np.array([[2, 7, 9, 3, 0]]),
+    ...     "segment_ids": np.zeros((1, 5), "int32"),
+    ...     "padding_mask": np.array([[1, 1, 1, 1, 0]]),
+    ... })
+    >>> outputs["sequence_output"].shape, outputs["pooled_output"].shape
+    ((1, 5, 128), (1, 128))
+    """
+
+    def __init__(
+        self,
+        vocabulary_size,
+        num_layers,
+        num_heads,
+        hidden_dim,
+        intermediate_dim,
+        dropout=0.1,
+        max_sequence_length=512,
+        num_segments=2,
+        dtype=None,
+        **kwargs,
+    ):
+        for name, value in (
+            ("vocabulary_size", vocabulary_size),
+            ("num_layers", num_layers),
+            ("num_heads", num_heads),
+            ("hidden_dim", hidden_dim),
+            ("intermediate_dim", intermediate_dim),
+            ("max_sequence_length", max_sequence_length),
+            ("num_segments", num_segments),
+        ):
+            _check_positive_int(name, value)
+        if hidden_dim % num_heads != 0:
+            raise ValueError(
+                "Expected hidden_dim to be divisible by num_heads. "
+                f"Received: hidden_dim={hidden_dim}, num_heads={num_heads}"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"Expected dropout in [0, 1). Received: dropout={dropout!r}")
+
+        # === Layers ===
+        self.token_embedding = keras.layers.ReversibleEmbedding(
+            input_dim=vocabulary_size,
+            output_dim=hidden_dim,
+            embeddings_initializer=bert_kernel_initializer(),
+            dtype=dtype,
+            name="token_embedding",
+        )
+        self.position_embedding = _keras_hub_position_embedding(
+            sequence_length=max_sequence_length,
+            initializer=bert_kernel_initializer(),
+            dtype=dtype,
+            name="position_embedding",
+        )
+        self.segment_embedding = keras.layers.Embedding(
+            input_dim=num_segments,
+            output_dim=hidden_dim,
+            embeddings_initializer=bert_kernel_initializer(),
+            dtype=dtype,
+            name="segment_embedding",
+        )
+        self.embeddings_layer_norm = keras.layers.LayerNormalization(
+            epsilon=1e-12, dtype="float32", name="embeddings_layer_norm"
+        )
+        self.embeddings_dropout = keras.layers.Dropout(
+            dropout, dtype=dtype, name="embeddings_dropout"
+        )
+        self.transformer_layers = [
+            TransformerEncoder(
+                num_heads=num_heads,
+                intermediate_dim=intermediate_dim,
+                dropout=dropout,
+                layer_norm_epsilon=1e-12,
+                kernel_initializer=bert_kernel_initializer(),
+                dtype=dtype,
+                name=f"transformer_layer_{index}",
+            )
+            for index in range(num_layers)
+        ]
+        # The pooler is one (hidden x hidden) product per sequence: float32 costs nothing.
+        self.pooled_dense = keras.layers.Dense(
+            hidden_dim,
+            activation="tanh",
+            kernel_initializer=bert_kernel_initializer(),
+            dtype="float32",
+            name="pooled_dense",
+        )
+
+        # === Functional Model ===
+        token_id_input = keras.Input(shape=(None,), dtype="int32", name="token_ids")
+        segment_id_input = keras.Input(shape=(None,), dtype="int32", name="segment_ids")
+        padding_mask_input = keras.Input(shape=(None,), dtype="int32", name="padding_mask")
+        tokens = self.token_embedding(token_id_input)  # (batch, seq, hidden)
+        positions = self.position_embedding(tokens)
+        segments = self.segment_embedding(segment_id_input)
+        x = self.embeddings_layer_norm(ops.add(ops.add(tokens, positions), segments))
+        x = self.embeddings_dropout(x)
+        for transformer_layer in self.transformer_layers:
+            x = transformer_layer(x, padding_mask=padding_mask_input)
+        sequence_output = x  # (batch, seq, hidden), float32
+        pooled_output = self.pooled_dense(x[:, 0, :])  # (batch, hidden)
+        super().__init__(
+            inputs={
+                "token_ids": token_id_input,
+                "segment_ids": segment_id_input,
+                "padding_mask": padding_mask_input,
+            },
+            outputs={"sequence_output": sequence_output, "pooled_output": pooled_output},
+            dtype=dtype,
+            **kwargs,
+        )
+
+        # === Config ===
+        self.vocabulary_size = vocabulary_size
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.hidden_dim = hidden_dim
+        self.intermediate_dim = intermediate_dim
+        self.dropout = dropout
+        self.max_sequence_length = max_sequence_length
+        self.num_segments = num_segments
+
+    @classmethod
+    def from_size(cls, size, vocabulary_size, **kwargs):
+        """Builds a backbone of a named size (`tiny` ... `large`, or `L{layers}_H{hidden}`).
+
+        Example:
+        >>> BertBackbone.from_size("mini", vocabulary_size=30522).num_layers
+        4
+        """
+        return cls(vocabulary_size=vocabulary_size, **size_config(size), **kwargs)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "vocabulary_size": self.vocabulary_size,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "hidden_dim": self.hidden_dim,
+            "intermediate_dim": self.intermediate_dim,
+            "dropout": self.dropout,
+            "max_sequence_length": self.max_sequence_length,
+            "num_segments": self.num_segments,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
+        return cls(**config)
+
+
+def _keras_hub_position_embedding(**kwargs):
+    # Imported here so that importing kbert's model code stays cheap; keras-hub's layer
+    # slices the learned table to the input length.
+    from keras_hub.layers import PositionEmbedding
+
+    return PositionEmbedding(**kwargs)

@@ -1,0 +1,91 @@
+"""BertClassifier: a BERT backbone with a classification (or regression) head."""
+
+import keras
+
+from kbert.layers import bert_kernel_initializer
+
+
+@keras.saving.register_keras_serializable(package="kbert")
+class BertClassifier(keras.Model):
+    """BERT for sequence classification: dropout and a dense layer on `pooled_output`.
+
+    The output is float32 logits of shape (batch, num_classes); with `num_classes=1` it is
+    a regression score (STS-B style) of shape (batch, 1).
+
+    Args:
+        backbone: a `kbert.BertBackbone`.
+        num_classes: number of classes, or 1 for regression.
+        dropout: dropout rate before the output layer.
+
+    Example:
+    >>> backbone = BertBackbone.from_size("tiny", vocabulary_size=100)
+    >>> classifier = BertClassifier(backbone, num_classes=2)
+    >>> classifier.compile()
+    >>> classifier.fit(dataset, epochs=1)  # doctest: +SKIP
+    """
+
+    def __init__(self, backbone, num_classes, dropout=0.1, **kwargs):
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+            raise ValueError(
+                "Expected num_classes to be a positive integer (1 for regression). "
+                f"Received: num_classes={num_classes!r}"
+            )
+        # === Layers ===
+        self.output_dropout = keras.layers.Dropout(
+            dropout, dtype=backbone.dtype_policy, name="output_dropout"
+        )
+        self.output_dense = keras.layers.Dense(
+            num_classes,
+            kernel_initializer=bert_kernel_initializer(),
+            dtype="float32",
+            name="logits",
+        )
+
+        # === Functional Model ===
+        inputs = dict(backbone.input)
+        pooled_output = backbone(inputs)["pooled_output"]  # (batch, hidden)
+        logits = self.output_dense(self.output_dropout(pooled_output))  # (batch, num_classes)
+        super().__init__(inputs=inputs, outputs=logits, **kwargs)
+
+        # === Config ===
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.dropout = dropout
+
+    def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
+        """Compiles with fine-tuning defaults where an argument is "auto".
+
+        The defaults are AdamW (learning rate 5e-5, weight decay 0.01), cross-entropy on
+        logits with accuracy, or mean squared error for regression (`num_classes=1`).
+        """
+        regression = self.num_classes == 1
+        if optimizer == "auto":
+            optimizer = keras.optimizers.AdamW(learning_rate=5e-5, weight_decay=0.01)
+        if loss == "auto":
+            loss = (
+                keras.losses.MeanSquaredError()
+                if regression
+                else keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            )
+        if metrics == "auto":
+            metrics = (
+                [keras.metrics.MeanSquaredError(name="mse")]
+                if regression
+                else [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+            )
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "num_classes": self.num_classes,
+            "dropout": self.dropout,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)

@@ -1,0 +1,1 @@
+"""Subcommands of the `kbert` command, one module each (see kbert/cli.py)."""

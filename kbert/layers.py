@@ -1,0 +1,258 @@
+"""Layers shared by kbert's model builders.
+
+Written with `keras` and `keras.ops` only, so they run on every Keras backend.
+"""
+
+import math
+
+import keras
+from keras import ops
+
+# A large negative added to the scores of padded keys. exp() of it underflows to exactly
+# 0 in float32, so padded keys get exactly zero attention, as in the original BERT.
+_MASKED_SCORE = -1e9
+
+
+def bert_kernel_initializer(stddev=0.02):
+    return keras.initializers.TruncatedNormal(stddev=stddev)
+
+
+@keras.saving.register_keras_serializable(package="kbert")
+class TransformerEncoder(keras.layers.Layer):
+    """One post-LayerNorm BERT encoder block.
+
+    keras-hub's `TransformerEncoder` wraps `keras.layers.MultiHeadAttention`, whose softmax
+    runs in the compute dtype (bfloat16 under `mixed_bfloat16`); BERT needs it in float32,
+    and a block of our own lets the attention kernel be chosen for speed. The weights keep
+    the original BERT layout: separate query, key, value and output projections, so that
+    checkpoints import exactly.
+
+    Args:
+        num_heads: number of attention heads; the input width must be divisible by it.
+        intermediate_dim: width of the feed-forward layer.
+        dropout: dropout rate on attention probabilities and on both sub-layer outputs.
+        layer_norm_epsilon: epsilon of both LayerNorms (1e-12 in the original BERT).
+        kernel_initializer: initializer of every kernel.
+
+    Example:
+    >>> block = TransformerEncoder(num_heads=2, intermediate_dim=32)
+    >>> block(keras.ops.ones((1, 4, 16)), keras.ops.ones((1, 4), "int32")).shape
+    (1, 4, 16)
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        intermediate_dim,
+        dropout=0.1,
+        layer_norm_epsilon=1e-12,
+        kernel_initializer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.intermediate_dim = intermediate_dim
+        self.dropout = dropout
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.kernel_initializer = keras.initializers.get(
+            kernel_initializer or bert_kernel_initializer()
+        )
+        self.supports_masking = False
+
+    def build(self, input_shape):
+        hidden_dim = input_shape[-1]
+        if hidden_dim % self.num_heads != 0:
+            raise ValueError(
+                "Expected the hidden size to be divisible by num_heads. "
+                f"Received: hidden_dim={hidden_dim}, num_heads={self.num_heads}"
+            )
+        head_dim = hidden_dim // self.num_heads
+        self.head_dim = head_dim
+
+        def einsum_dense(equation, output_shape, bias_axes, name):
+            return keras.layers.EinsumDense(
+                equation,
+                output_shape=output_shape,
+                bias_axes=bias_axes,
+                kernel_initializer=self.kernel_initializer,
+                dtype=self.dtype_policy,
+                name=name,
+            )
+
+        # (batch, seq, hidden) -> (batch, seq, heads, head_dim)
+        projection_shape = (None, self.num_heads, head_dim)
+        self.query_dense = einsum_dense("btd,dnh->btnh", projection_shape, "nh", "query")
+        self.key_dense = einsum_dense("btd,dnh->btnh", projection_shape, "nh", "key")
+        self.value_dense = einsum_dense("btd,dnh->btnh", projection_shape, "nh", "value")
+        # (batch, seq, heads, head_dim) -> (batch, seq, hidden)
+        self.attention_output_dense = einsum_dense(
+            "btnh,nhd->btd", (None, hidden_dim), "d", "attention_output"
+        )
+        for dense in (self.query_dense, self.key_dense, self.value_dense):
+            dense.build(input_shape)
+        self.attention_output_dense.build(
+            (input_shape[0], input_shape[1], self.num_heads, head_dim)
+        )
+        self.attention_probabilities_dropout = keras.layers.Dropout(
+            self.dropout, dtype=self.dtype_policy, name="attention_probabilities_dropout"
+        )
+        self.attention_dropout = keras.layers.Dropout(
+            self.dropout, dtype=self.dtype_policy, name="attention_dropout"
+        )
+        # LayerNorms run in float32 whatever the policy: bfloat16 statistics lose accuracy.
+        self.attention_layer_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype="float32", name="attention_layer_norm"
+        )
+        self.attention_layer_norm.build(input_shape)
+        self.intermediate_dense = keras.layers.Dense(
+            self.intermediate_dim,
+            activation="gelu",  # keras' gelu is the exact (erf) form by default, as in BERT.
+            kernel_initializer=self.kernel_initializer,
+            dtype=self.dtype_policy,
+            name="intermediate",
+        )
+        self.intermediate_dense.build(input_shape)
+        self.output_dense = keras.layers.Dense(
+            hidden_dim,
+            kernel_initializer=self.kernel_initializer,
+            dtype=self.dtype_policy,
+            name="output",
+        )
+        self.output_dense.build((input_shape[0], input_shape[1], self.intermediate_dim))
+        self.output_dropout = keras.layers.Dropout(
+            self.dropout, dtype=self.dtype_policy, name="output_dropout"
+        )
+        self.output_layer_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype="float32", name="output_layer_norm"
+        )
+        self.output_layer_norm.build(input_shape)
+        self.built = True
+
+    def call(self, inputs, padding_mask, training=None):
+        query = self.query_dense(inputs)  # (batch, seq, heads, head_dim)
+        key = self.key_dense(inputs)
+        value = self.value_dense(inputs)
+        # Scores and softmax in float32: (batch, heads, query_seq, key_seq).
+        scores = ops.einsum(
+            "bqnh,bknh->bnqk", ops.cast(query, "float32"), ops.cast(key, "float32")
+        )
+        scores = scores * (1.0 / math.sqrt(self.head_dim))
+        key_mask = ops.cast(padding_mask, "bool")[:, None, None, :]  # (batch, 1, 1, seq)
+        scores = ops.where(key_mask, scores, _MASKED_SCORE)
+        probabilities = ops.softmax(scores, axis=-1)
+        probabilities = self.attention_probabilities_dropout(probabilities, training=training)
+        probabilities = ops.cast(probabilities, value.dtype)
+        context = ops.einsum("bnqk,bknh->bqnh", probabilities, value)
+        attention_output = self.attention_output_dense(context)  # (batch, seq, hidden)
+        attention_output = self.attention_dropout(attention_output, training=training)
+        hidden = self.attention_layer_norm(inputs + attention_output)
+
+        feedforward = self.intermediate_dense(hidden)  # (batch, seq, intermediate)
+        feedforward = self.output_dense(feedforward)  # (batch, seq, hidden)
+        feedforward = self.output_dropout(feedforward, training=training)
+        return self.output_layer_norm(hidden + feedforward)
+
+    def compute_output_shape(self, input_shape, padding_mask_shape=None):
+        return input_shape
+
+    def compute_output_spec(self, inputs, padding_mask, training=None):
+        return keras.KerasTensor(inputs.shape, dtype="float32")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "intermediate_dim": self.intermediate_dim,
+                "dropout": self.dropout,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="kbert")
+class MaskedLMHead(keras.layers.Layer):
+    """BERT's masked-LM head, scoring only the masked positions.
+
+    Gathers the hidden states at `mask_positions`, applies the transform (dense + GELU +
+    LayerNorm) and projects onto the vocabulary with the transposed token embedding plus an
+    output bias of its own. keras-hub's `MaskedLMHead` projects in the compute dtype; this
+    head projects in float32 so that logits are float32 under mixed precision too.
+
+    Args:
+        token_embedding: the backbone's token embedding layer, whose matrix is tied to the
+            output projection.
+        layer_norm_epsilon: epsilon of the transform's LayerNorm.
+        kernel_initializer: initializer of the transform kernel.
+    """
+
+    def __init__(
+        self,
+        token_embedding,
+        layer_norm_epsilon=1e-12,
+        kernel_initializer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.token_embedding = token_embedding
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.kernel_initializer = keras.initializers.get(
+            kernel_initializer or bert_kernel_initializer()
+        )
+
+    def build(self, inputs_shape, mask_positions_shape=None):
+        sequence_length = inputs_shape[1]
+        num_predictions = mask_positions_shape[1] if mask_positions_shape else None
+        if sequence_length is not None and num_predictions is not None:
+            if num_predictions > sequence_length:
+                raise ValueError(
+                    "Expected mask_positions to have at most as many positions as the "
+                    f"sequence. Received: num_predictions={num_predictions}, "
+                    f"sequence_length={sequence_length}"
+                )
+        hidden_dim = inputs_shape[-1]
+        self.transform_dense = keras.layers.Dense(
+            hidden_dim,
+            activation="gelu",
+            kernel_initializer=self.kernel_initializer,
+            dtype=self.dtype_policy,
+            name="transform",
+        )
+        self.transform_dense.build((None, None, hidden_dim))
+        self.transform_layer_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype="float32", name="transform_layer_norm"
+        )
+        self.transform_layer_norm.build((None, None, hidden_dim))
+        vocabulary_size = self.token_embedding.input_dim
+        self.output_bias = self.add_weight(
+            name="output_bias", shape=(vocabulary_size,), initializer="zeros", dtype="float32"
+        )
+        self.built = True
+
+    def call(self, inputs, mask_positions):
+        mask_positions = ops.cast(mask_positions, "int32")
+        # (batch, seq, hidden) -> (batch, num_predictions, hidden)
+        hidden = ops.take_along_axis(inputs, mask_positions[:, :, None], axis=1)
+        hidden = self.transform_layer_norm(self.transform_dense(hidden))
+        embeddings = ops.cast(self.token_embedding.embeddings, "float32")
+        # (batch, num_predictions, hidden) x (vocabulary, hidden) -> (batch, num_predictions, vocabulary)
+        logits = ops.einsum("bph,vh->bpv", ops.cast(hidden, "float32"), embeddings)
+        return logits + self.output_bias
+
+    def compute_output_spec(self, inputs, mask_positions):
+        shape = (inputs.shape[0], mask_positions.shape[1], self.token_embedding.input_dim)
+        return keras.KerasTensor(shape, dtype="float32")
+
+    def get_config(self):
+        # The token embedding is shared with the backbone; BertMaskedLM passes it again on
+        # rebuild, so it is not part of this layer's config.
+        config = super().get_config()
+        config.update(
+            {
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            }
+        )
+        return config

@@ -1,0 +1,102 @@
+"""BertMaskedLM: a BERT backbone with the masked-LM (and optional next-sentence) head."""
+
+import keras
+
+from kbert.layers import MaskedLMHead, bert_kernel_initializer
+
+
+@keras.saving.register_keras_serializable(package="kbert")
+class BertMaskedLM(keras.Model):
+    """BERT for masked-language-model pretraining.
+
+    Adds the input `mask_positions` (batch, num_predictions) to the backbone's inputs and
+    scores the vocabulary only at those positions, with an output projection tied to the
+    token embedding. With `next_sentence_prediction=True`, a two-way classifier on
+    `pooled_output` is added and the outputs become `{"mlm": ..., "nsp": ...}`, as in the
+    original BERT pretraining; otherwise the output is the masked-LM logits alone, so that
+    data shaped as `(x, mask_ids, mask_weights)` trains it directly.
+
+    Args:
+        backbone: a `kbert.BertBackbone`.
+        next_sentence_prediction: add the next-sentence-prediction head.
+
+    Example:
+    >>> backbone = BertBackbone.from_size("tiny", vocabulary_size=100)
+    >>> model = BertMaskedLM(backbone)
+    >>> model.compile()
+    >>> model.fit(x, mask_ids, sample_weight=mask_weights)  # doctest: +SKIP
+    """
+
+    def __init__(self, backbone, next_sentence_prediction=False, **kwargs):
+        # === Layers ===
+        self.masked_lm_head = MaskedLMHead(
+            token_embedding=backbone.token_embedding,
+            layer_norm_epsilon=1e-12,
+            kernel_initializer=bert_kernel_initializer(),
+            dtype=backbone.dtype_policy,
+            name="mlm_head",
+        )
+        self.next_sentence_head = None
+        if next_sentence_prediction:
+            self.next_sentence_head = keras.layers.Dense(
+                2,
+                kernel_initializer=bert_kernel_initializer(),
+                dtype="float32",
+                name="next_sentence_head",
+            )
+
+        # === Functional Model ===
+        inputs = dict(backbone.input)
+        inputs["mask_positions"] = keras.Input(shape=(None,), dtype="int32", name="mask_positions")
+        backbone_outputs = backbone(
+            {key: inputs[key] for key in ("token_ids", "segment_ids", "padding_mask")}
+        )
+        # (batch, num_predictions, vocabulary_size), float32
+        mlm_logits = self.masked_lm_head(
+            backbone_outputs["sequence_output"], mask_positions=inputs["mask_positions"]
+        )
+        outputs = mlm_logits
+        if self.next_sentence_head is not None:
+            nsp_logits = self.next_sentence_head(backbone_outputs["pooled_output"])  # (batch, 2)
+            outputs = {"mlm": mlm_logits, "nsp": nsp_logits}
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+
+        # === Config ===
+        self.backbone = backbone
+        self.next_sentence_prediction = next_sentence_prediction
+
+    def compile(self, optimizer="auto", loss="auto", weighted_metrics="auto", **kwargs):
+        """Compiles with BERT defaults where an argument is "auto".
+
+        The defaults are AdamW (learning rate 1e-4, weight decay 0.01), sparse categorical
+        cross-entropy on logits, and accuracy as a weighted metric so that padded
+        prediction slots (weight 0) do not count.
+        """
+        if optimizer == "auto":
+            optimizer = keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.01)
+        if loss == "auto":
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            if self.next_sentence_prediction:
+                loss = {"mlm": loss, "nsp": keras.losses.SparseCategoricalCrossentropy(from_logits=True)}
+        if weighted_metrics == "auto":
+            weighted_metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+            if self.next_sentence_prediction:
+                weighted_metrics = {
+                    "mlm": weighted_metrics,
+                    "nsp": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                }
+        super().compile(optimizer=optimizer, loss=loss, weighted_metrics=weighted_metrics, **kwargs)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "next_sentence_prediction": self.next_sentence_prediction,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)
