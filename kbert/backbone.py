@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from kbert.functional import FunctionalModel
 from kbert.layers import TransformerEncoder, bert_kernel_initializer
 from kbert.sizes import size_config
 
@@ -13,7 +14,7 @@ def _check_positive_int(name, value):
 
 
 @keras.saving.register_keras_serializable(package="kbert")
-class BertBackbone(keras.Model):
+class BertBackbone(FunctionalModel):
     """A BERT encoder (Devlin et al. 2018) that outputs the final hidden states.
 
     Token, position and segment embeddings are summed, layer-normalised and passed through
@@ -156,6 +157,17 @@ class BertBackbone(keras.Model):
         self.dropout = dropout
         self.max_sequence_length = max_sequence_length
         self.num_segments = num_segments
+
+    def call(self, inputs, training=None, mask=None):
+        # Caught here with a clear message; past the table, position embeddings fail deep
+        # inside a slice op with a different error on each backend.
+        sequence_length = getattr(inputs.get("token_ids"), "shape", (None, None))[1]
+        if sequence_length is not None and sequence_length > self.max_sequence_length:
+            raise ValueError(
+                "Expected token_ids with at most max_sequence_length="
+                f"{self.max_sequence_length} positions. Received: {sequence_length} positions"
+            )
+        return super().call(inputs, training=training, mask=mask)
 
     @classmethod
     def from_size(cls, size, vocabulary_size, **kwargs):

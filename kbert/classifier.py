@@ -2,11 +2,12 @@
 
 import keras
 
+from kbert.functional import FunctionalModel
 from kbert.layers import bert_kernel_initializer
 
 
 @keras.saving.register_keras_serializable(package="kbert")
-class BertClassifier(keras.Model):
+class BertClassifier(FunctionalModel):
     """BERT for sequence classification: dropout and a dense layer on `pooled_output`.
 
     The output is float32 logits of shape (batch, num_classes); with `num_classes=1` it is

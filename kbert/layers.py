@@ -49,6 +49,9 @@ class TransformerEncoder(keras.layers.Layer):
         kernel_initializer=None,
         **kwargs,
     ):
+        # The residual stream stays float32 under mixed precision: the sub-layers cast their
+        # own inputs to the compute dtype, so the block itself must not cast its input.
+        kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         self.num_heads = num_heads
         self.intermediate_dim = intermediate_dim
@@ -145,12 +148,12 @@ class TransformerEncoder(keras.layers.Layer):
         context = ops.einsum("bnqk,bknh->bqnh", probabilities, value)
         attention_output = self.attention_output_dense(context)  # (batch, seq, hidden)
         attention_output = self.attention_dropout(attention_output, training=training)
-        hidden = self.attention_layer_norm(inputs + attention_output)
+        hidden = self.attention_layer_norm(ops.add(inputs, attention_output))
 
         feedforward = self.intermediate_dense(hidden)  # (batch, seq, intermediate)
         feedforward = self.output_dense(feedforward)  # (batch, seq, hidden)
         feedforward = self.output_dropout(feedforward, training=training)
-        return self.output_layer_norm(hidden + feedforward)
+        return self.output_layer_norm(ops.add(hidden, feedforward))
 
     def compute_output_shape(self, input_shape, padding_mask_shape=None):
         return input_shape

@@ -2,11 +2,12 @@
 
 import keras
 
+from kbert.functional import FunctionalModel
 from kbert.layers import MaskedLMHead, bert_kernel_initializer
 
 
 @keras.saving.register_keras_serializable(package="kbert")
-class BertMaskedLM(keras.Model):
+class BertMaskedLM(FunctionalModel):
     """BERT for masked-language-model pretraining.
 
     Adds the input `mask_positions` (batch, num_predictions) to the backbone's inputs and

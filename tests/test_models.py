@@ -1,0 +1,400 @@
+"""Tests of the model builders: BertBackbone, BertMaskedLM, BertClassifier."""
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import kbert
+from kbert.layers import TransformerEncoder
+from conftest import PROJECT_ROOT
+
+VOCABULARY_SIZE = 40
+SEQUENCE_LENGTH = 12
+NUM_PREDICTIONS = 3
+
+
+def tiny_backbone(**kwargs):
+    config = dict(
+        vocabulary_size=VOCABULARY_SIZE,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=SEQUENCE_LENGTH,
+    )
+    config.update(kwargs)
+    return kbert.BertBackbone(**config)
+
+
+def backbone_inputs(batch_size=4, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, SEQUENCE_LENGTH + 1, batch_size)
+    padding_mask = (np.arange(SEQUENCE_LENGTH)[None, :] < lengths[:, None]).astype("int32")
+    token_ids = rng.integers(5, VOCABULARY_SIZE, (batch_size, SEQUENCE_LENGTH)) * padding_mask
+    segment_ids = (np.arange(SEQUENCE_LENGTH)[None, :] >= lengths[:, None] // 2) * padding_mask
+    return {
+        "token_ids": token_ids.astype("int32"),
+        "segment_ids": segment_ids.astype("int32"),
+        "padding_mask": padding_mask,
+    }
+
+
+def masked_lm_inputs(batch_size=4, seed=0):
+    inputs = backbone_inputs(batch_size, seed)
+    rng = np.random.default_rng(seed + 1)
+    inputs["mask_positions"] = rng.integers(1, 3, (batch_size, NUM_PREDICTIONS)).astype("int32")
+    return inputs
+
+
+def build(kind, **kwargs):
+    backbone = tiny_backbone(**kwargs)
+    if kind == "backbone":
+        return backbone
+    if kind == "masked_lm":
+        return kbert.BertMaskedLM(backbone)
+    if kind == "masked_lm_nsp":
+        return kbert.BertMaskedLM(backbone, next_sentence_prediction=True)
+    return kbert.BertClassifier(backbone, num_classes=3)
+
+
+def training_dataset(kind, batch_size=2, num_examples=4):
+    rng = np.random.default_rng(7)
+    if kind == "classifier":
+        x = backbone_inputs(num_examples)
+        y = rng.integers(0, 3, num_examples)
+        return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
+    x = masked_lm_inputs(num_examples)
+    mask_ids = rng.integers(5, VOCABULARY_SIZE, (num_examples, NUM_PREDICTIONS))
+    mask_weights = np.ones((num_examples, NUM_PREDICTIONS), "float32")
+    if kind == "masked_lm_nsp":
+        y = {"mlm": mask_ids, "nsp": rng.integers(0, 2, num_examples)}
+        sample_weight = {"mlm": mask_weights, "nsp": np.ones(num_examples, "float32")}
+        return tf.data.Dataset.from_tensor_slices((x, y, sample_weight)).batch(batch_size)
+    return tf.data.Dataset.from_tensor_slices((x, mask_ids, mask_weights)).batch(batch_size)
+
+
+def inputs_for(kind):
+    return backbone_inputs() if kind in ("backbone", "classifier") else masked_lm_inputs()
+
+
+def as_numpy_tree(outputs):
+    if isinstance(outputs, dict):
+        return {key: keras.ops.convert_to_numpy(value) for key, value in outputs.items()}
+    return keras.ops.convert_to_numpy(outputs)
+
+
+# === Parameter counts ===
+
+
+def test_base_has_the_published_parameter_count():
+    backbone = kbert.BertBackbone.from_size("base", vocabulary_size=30522)
+    assert backbone.count_params() == 109_482_240  # bert-base-uncased with its pooler
+
+
+@pytest.mark.slow
+def test_large_has_the_published_parameter_count():
+    backbone = kbert.BertBackbone.from_size("large", vocabulary_size=30522)
+    assert backbone.count_params() == 335_141_888
+
+
+@pytest.mark.parametrize(
+    "size, expected",
+    [
+        ("tiny", (2, 2, 128, 512)),
+        ("mini", (4, 4, 256, 1024)),
+        ("small", (4, 8, 512, 2048)),
+        ("medium", (8, 8, 512, 2048)),
+        ("L6_H384", None),
+        ("L6_H256", (6, 4, 256, 1024)),
+        ("L24_H1024", (24, 16, 1024, 4096)),
+    ],
+)
+def test_named_sizes(size, expected):
+    if expected is None:
+        with pytest.raises(ValueError, match="Received: size='L6_H384'"):
+            kbert.size_config(size)
+        return
+    config = kbert.size_config(size)
+    assert (
+        config["num_layers"],
+        config["num_heads"],
+        config["hidden_dim"],
+        config["intermediate_dim"],
+    ) == expected
+
+
+# === Every backend: build, fit, predict, config round trip ===
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("kind", ["backbone", "masked_lm", "masked_lm_nsp", "classifier"])
+def test_build_fit_predict_and_rebuild_from_config(kind):
+    keras.utils.set_random_seed(1)
+    model = build(kind)
+    inputs = inputs_for(kind)
+    if kind != "backbone":
+        model.compile()
+        history = model.fit(training_dataset(kind), epochs=1, steps_per_epoch=2, verbose=0)
+        assert np.isfinite(history.history["loss"]).all()
+    outputs = as_numpy_tree(model.predict(inputs, verbose=0))
+
+    if kind == "backbone":
+        assert outputs["sequence_output"].shape == (4, SEQUENCE_LENGTH, 16)
+        assert outputs["pooled_output"].shape == (4, 16)
+        assert outputs["sequence_output"].dtype == np.float32
+        assert np.all(np.abs(outputs["pooled_output"]) <= 1.0)  # tanh
+    elif kind == "masked_lm":
+        assert outputs.shape == (4, NUM_PREDICTIONS, VOCABULARY_SIZE)
+        assert outputs.dtype == np.float32
+    elif kind == "masked_lm_nsp":
+        assert outputs["mlm"].shape == (4, NUM_PREDICTIONS, VOCABULARY_SIZE)
+        assert outputs["nsp"].shape == (4, 2)
+    else:
+        assert outputs.shape == (4, 3) and outputs.dtype == np.float32
+
+    rebuilt = model.__class__.from_config(model.get_config())
+    assert rebuilt.get_config() == model.get_config()
+    assert [w.shape for w in rebuilt.weights] == [w.shape for w in model.weights]
+    rebuilt.set_weights(model.get_weights())
+    rebuilt_outputs = as_numpy_tree(rebuilt.predict(inputs, verbose=0))
+    np.testing.assert_allclose(
+        np.concatenate([np.ravel(v) for v in tf.nest.flatten(rebuilt_outputs)]),
+        np.concatenate([np.ravel(v) for v in tf.nest.flatten(outputs)]),
+        atol=1e-6,
+    )
+
+
+@pytest.mark.backends
+def test_masked_lm_output_layer_is_tied_to_the_token_embedding():
+    model = build("masked_lm")
+    embeddings = model.backbone.token_embedding.embeddings
+    embedding_weights = [w for w in model.weights if w.shape == embeddings.shape]
+    assert len(embedding_weights) == 1, "the output projection must reuse the embedding matrix"
+    # Logits at a position equal (transformed hidden) . embedding^T + bias, so doubling the
+    # embedding of one token changes its logit and no other token's.
+    inputs = masked_lm_inputs(batch_size=1)
+    inputs["token_ids"][:] = 5  # token 9 appears nowhere in the input
+    before = keras.ops.convert_to_numpy(model(inputs))
+    values = keras.ops.convert_to_numpy(embeddings).copy()
+    values[9] *= 2.0
+    embeddings.assign(values)
+    after = keras.ops.convert_to_numpy(model(inputs))
+    changed = np.abs(after - before).max(axis=(0, 1)) > 1e-6
+    assert changed[9] and changed.sum() == 1
+
+
+@pytest.mark.backends
+def test_masked_lm_scores_only_the_masked_positions():
+    model = build("masked_lm", dropout=0.0)
+    inputs = masked_lm_inputs(batch_size=2)
+    inputs["mask_positions"] = np.array([[1, 2, 1], [2, 1, 2]], "int32")
+    logits = keras.ops.convert_to_numpy(model(inputs))
+    # The same position gives the same logits, whichever prediction slot asked for it.
+    np.testing.assert_allclose(logits[0, 0], logits[0, 2], atol=1e-6)
+    np.testing.assert_allclose(logits[1, 0], logits[1, 2], atol=1e-6)
+    assert np.abs(logits[0, 0] - logits[0, 1]).max() > 1e-4
+
+
+@pytest.mark.backends
+def test_padding_does_not_change_the_outputs_of_real_tokens():
+    backbone = tiny_backbone(dropout=0.0)
+    inputs = backbone_inputs(batch_size=1)
+    inputs["padding_mask"][:] = 1
+    inputs["padding_mask"][0, 6:] = 0
+    short = {key: value[:, :6] for key, value in inputs.items()}
+    padded = dict(inputs, token_ids=inputs["token_ids"].copy())
+    padded["token_ids"][0, 6:] = 17  # garbage under the padding must be ignored
+    full = backbone(padded)["sequence_output"]
+    truncated = backbone(short)["sequence_output"]
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(full)[:, :6],
+        keras.ops.convert_to_numpy(truncated),
+        atol=1e-5,
+    )
+
+
+# === Mixed precision ===
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("kind", ["masked_lm", "classifier"])
+def test_mixed_bfloat16_outputs_float32_and_fits(kind):
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    model = build(kind)
+    query_kernel = model.backbone.transformer_layers[0].query_dense
+    assert query_kernel.compute_dtype == "bfloat16"
+    assert query_kernel.kernel.dtype == "float32"  # variables stay float32
+    assert model.backbone.transformer_layers[0].output_layer_norm.compute_dtype == "float32"
+    model.compile()
+    history = model.fit(training_dataset(kind), epochs=1, steps_per_epoch=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    outputs = keras.ops.convert_to_numpy(model.predict(inputs_for(kind), verbose=0))
+    assert outputs.dtype == np.float32
+    backbone_outputs = model.backbone(backbone_inputs())
+    assert keras.backend.standardize_dtype(backbone_outputs["sequence_output"].dtype) == "float32"
+    assert keras.backend.standardize_dtype(backbone_outputs["pooled_output"].dtype) == "float32"
+
+
+# === One encoder block checked by hand in numpy ===
+
+
+def _numpy_layer_norm(x, gamma, beta, epsilon=1e-12):
+    mean = x.mean(-1, keepdims=True)
+    variance = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(variance + epsilon) * gamma + beta
+
+
+def _numpy_gelu(x):
+    return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
+
+
+@pytest.mark.backends
+def test_one_encoder_block_matches_numpy():
+    hidden_dim, num_heads, intermediate_dim, sequence_length = 8, 2, 12, 5
+    head_dim = hidden_dim // num_heads
+    rng = np.random.default_rng(3)
+    block = TransformerEncoder(num_heads=num_heads, intermediate_dim=intermediate_dim, dropout=0.0)
+    block.build((1, sequence_length, hidden_dim))
+    weights = {}
+    for variable in block.weights:
+        value = rng.normal(0.0, 0.5, variable.shape).astype("float32")
+        variable.assign(value)
+        weights[variable.path.split("/", 1)[1]] = value
+    x = rng.normal(size=(1, sequence_length, hidden_dim)).astype("float32")
+    padding_mask = np.array([[1, 1, 1, 1, 0]], "int32")
+
+    def project(name):  # (seq, hidden) -> (heads, seq, head_dim)
+        kernel = weights[f"{name}/kernel"].reshape(hidden_dim, hidden_dim)
+        bias = weights[f"{name}/bias"].reshape(hidden_dim)
+        return (x[0] @ kernel + bias).reshape(sequence_length, num_heads, head_dim).transpose(1, 0, 2)
+
+    query, key, value = project("query"), project("key"), project("value")
+    scores = query @ key.transpose(0, 2, 1) / math.sqrt(head_dim)  # (heads, seq, seq)
+    scores[:, :, padding_mask[0] == 0] = -np.inf
+    probabilities = np.exp(scores - scores.max(-1, keepdims=True))
+    probabilities /= probabilities.sum(-1, keepdims=True)
+    context = (probabilities @ value).transpose(1, 0, 2).reshape(sequence_length, hidden_dim)
+    attention = (
+        context @ weights["attention_output/kernel"].reshape(hidden_dim, hidden_dim)
+        + weights["attention_output/bias"]
+    )
+    hidden = _numpy_layer_norm(
+        x[0] + attention,
+        weights["attention_layer_norm/gamma"],
+        weights["attention_layer_norm/beta"],
+    )
+    intermediate = _numpy_gelu(
+        hidden @ weights["intermediate/kernel"] + weights["intermediate/bias"]
+    )
+    output = intermediate @ weights["output/kernel"] + weights["output/bias"]
+    expected = _numpy_layer_norm(
+        hidden + output, weights["output_layer_norm/gamma"], weights["output_layer_norm/beta"]
+    )
+
+    actual = keras.ops.convert_to_numpy(block(x, padding_mask=padding_mask))[0]
+    np.testing.assert_allclose(actual, expected, atol=1e-4, rtol=1e-4)
+
+
+# === Weights move between backends ===
+
+_SAVE_SCRIPT = textwrap.dedent(
+    """
+    import sys, numpy as np, keras, kbert
+    sys.path.insert(0, "tests")
+    from test_models import build, masked_lm_inputs
+    keras.utils.set_random_seed(5)
+    model = build("masked_lm")
+    model.save_weights(sys.argv[1] + "/model.weights.h5")
+    outputs = keras.ops.convert_to_numpy(model.predict(masked_lm_inputs(), verbose=0))
+    np.save(sys.argv[1] + "/outputs.npy", outputs)
+    """
+)
+_LOAD_SCRIPT = textwrap.dedent(
+    """
+    import sys, numpy as np, keras, kbert
+    sys.path.insert(0, "tests")
+    from test_models import build, masked_lm_inputs
+    model = build("masked_lm")
+    model.load_weights(sys.argv[1] + "/model.weights.h5")
+    outputs = keras.ops.convert_to_numpy(model.predict(masked_lm_inputs(), verbose=0))
+    difference = np.abs(outputs - np.load(sys.argv[1] + "/outputs.npy")).max()
+    print("max abs difference", difference)
+    assert difference <= 1e-5, difference
+    """
+)
+
+
+def _run_with_backend(backend, script, directory):
+    pytest.importorskip(backend if backend != "tensorflow" else "tensorflow")
+    environment = dict(os.environ, KERAS_BACKEND=backend)
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(directory)],
+        cwd=PROJECT_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, f"{backend}: {result.stdout[-2000:]}{result.stderr[-4000:]}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "source, target", [("tensorflow", "jax"), ("jax", "torch"), ("torch", "tensorflow")]
+)
+def test_weights_saved_under_one_backend_load_under_another(source, target, tmp_path):
+    _run_with_backend(source, _SAVE_SCRIPT, tmp_path)
+    _run_with_backend(target, _LOAD_SCRIPT, tmp_path)
+
+
+# === Bad arguments ===
+
+
+def test_hidden_dim_not_divisible_by_num_heads():
+    with pytest.raises(ValueError, match="hidden_dim=100, num_heads=12"):
+        kbert.BertBackbone(
+            vocabulary_size=10, num_layers=1, num_heads=12, hidden_dim=100, intermediate_dim=4
+        )
+
+
+def test_unknown_size_name():
+    with pytest.raises(ValueError, match="Expected one of .* Received: size='huge'"):
+        kbert.BertBackbone.from_size("huge", vocabulary_size=10)
+
+
+@pytest.mark.parametrize(
+    "argument, value", [("num_layers", 0), ("vocabulary_size", -3), ("dropout", 1.5)]
+)
+def test_bad_sizes_name_the_argument(argument, value):
+    config = dict(vocabulary_size=10, num_layers=1, num_heads=2, hidden_dim=8, intermediate_dim=4)
+    config[argument] = value
+    with pytest.raises(ValueError, match=f"{argument}={value}"):
+        kbert.BertBackbone(**config)
+
+
+def test_more_mask_positions_than_sequence_positions():
+    backbone = tiny_backbone()
+    model = kbert.BertMaskedLM(backbone)
+    inputs = masked_lm_inputs(batch_size=1)
+    inputs = {key: value[:, :4] for key, value in inputs.items() if key != "mask_positions"}
+    inputs["mask_positions"] = np.zeros((1, 6), "int32")
+    with pytest.raises(ValueError, match="num_predictions=6, sequence_length=4"):
+        model.masked_lm_head.build((1, 4, 16), (1, 6))
+
+
+def test_sequence_longer_than_max_sequence_length():
+    backbone = tiny_backbone()
+    too_long = {key: np.zeros((1, SEQUENCE_LENGTH + 4), "int32") for key in backbone.input}
+    with pytest.raises(ValueError, match="max_sequence_length=12 positions. Received: 16"):
+        backbone(too_long)
+
+
+def test_zero_classes():
+    with pytest.raises(ValueError, match="num_classes=0"):
+        kbert.BertClassifier(tiny_backbone(), num_classes=0)
