@@ -1,0 +1,359 @@
+"""Hugging Face BERT checkpoints: `from_huggingface` reads one, `to_huggingface` writes one.
+
+A Hugging Face directory holds `config.json`, `vocab.txt` (or `tokenizer.json`),
+`tokenizer_config.json` and `model.safetensors` (possibly sharded); `pytorch_model.bin` is
+read only when asked for, because unpickling runs code. Its tensor names are the original
+Google names with dots, `layer.N` for `layer_N`, `weight` for `kernel` (stored transposed,
+as (output, input)) and for LayerNorm's `gamma`, and `bias` for its `beta`.
+"""
+
+import json
+import os
+import re
+
+import numpy as np
+
+from kbert.convert import mapping
+
+CONFIG_FILE = "config.json"
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
+PYTORCH_FILE = "pytorch_model.bin"
+VOCABULARY_FILE = "vocab.txt"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+# Canonical names whose Hugging Face names do not follow the general rule.
+_SPECIAL_NAMES = {
+    "cls/predictions/output_bias": "cls.predictions.bias",
+    "cls/seq_relationship/output_weights": "cls.seq_relationship.weight",
+    "cls/seq_relationship/output_bias": "cls.seq_relationship.bias",
+    "output_weights": "classifier.weight",
+    "output_bias": "classifier.bias",
+}
+# Prefixes of the encoder's tensors, which BertModel saves without the `bert.` prefix that
+# the models with heads (BertForMaskedLM, BertForPreTraining, ...) add.
+_ENCODER_PREFIXES = ("embeddings.", "encoder.", "pooler.")
+# A constant arange buffer that older versions saved with the weights.
+_BUFFERS = ("bert.embeddings.position_ids",)
+# The masked-LM decoder is tied to the token embedding and the output bias; checkpoints
+# may carry copies, which must equal the originals.
+_TIED = {
+    "cls.predictions.decoder.weight": "bert/embeddings/word_embeddings",
+    "cls.predictions.decoder.bias": "cls/predictions/output_bias",
+}
+_SPECIAL_TOKENS = {
+    "unk_token": "[UNK]",
+    "sep_token": "[SEP]",
+    "pad_token": "[PAD]",
+    "cls_token": "[CLS]",
+    "mask_token": "[MASK]",
+}
+
+
+def huggingface_name(name):
+    """The Hugging Face name of a canonical tensor, and whether it is stored transposed.
+
+    Example:
+    >>> huggingface_name("bert/encoder/layer_0/attention/self/query/kernel")
+    ('bert.encoder.layer.0.attention.self.query.weight', True)
+    """
+    if name in _SPECIAL_NAMES:
+        return _SPECIAL_NAMES[name], False
+    parts = [re.sub(r"^layer_(\d+)$", r"layer.\1", part) for part in name.split("/")]
+    transposed = parts[-1] == "kernel"
+    if parts[-1] in ("kernel", "gamma"):
+        parts[-1] = "weight"
+    elif parts[-1] == "beta":
+        parts[-1] = "bias"
+    elif parts[-1].endswith("_embeddings"):
+        parts.append("weight")
+    return ".".join(parts), transposed
+
+
+def _normalized_key(key):
+    if key.startswith(_ENCODER_PREFIXES):
+        key = "bert." + key
+    # Checkpoints converted from TensorFlow by older versions kept gamma and beta.
+    return re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", key))
+
+
+def _read_json(path):
+    try:
+        with open(path, encoding="utf-8") as file:
+            return json.load(file)
+    except json.JSONDecodeError as error:
+        raise mapping.ConversionError(f"{path}, line {error.lineno}: invalid JSON ({error.msg})") from None
+
+
+# === Reading ===
+
+
+def _read_safetensors(path):
+    from safetensors import safe_open
+
+    tensors = {}
+    with safe_open(path, framework="np") as file:
+        keys = list(file.keys())
+        needs_torch = [key for key in keys if file.get_slice(key).get_dtype() == "BF16"]
+        for key in keys:
+            if key not in needs_torch:
+                tensors[key] = file.get_tensor(key)
+    if needs_torch:
+        # numpy has no bfloat16; widening to float32 is exact.
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise mapping.ConversionError(
+                f"{path} stores bfloat16 tensors, which need PyTorch to read (pip install torch)"
+            ) from None
+        with safe_open(path, framework="pt") as file:
+            for key in needs_torch:
+                tensors[key] = file.get_tensor(key).float().numpy()
+    return tensors
+
+
+def _read_weights(directory, allow_pytorch_bin):
+    """Tensor name -> numpy array, and the path to name in messages."""
+    safetensors_path = os.path.join(directory, SAFETENSORS_FILE)
+    index_path = os.path.join(directory, SAFETENSORS_INDEX_FILE)
+    pytorch_path = os.path.join(directory, PYTORCH_FILE)
+    if os.path.isfile(safetensors_path):
+        return _read_safetensors(safetensors_path), safetensors_path
+    if os.path.isfile(index_path):
+        weight_map = _read_json(index_path).get("weight_map", {})
+        tensors = {}
+        for shard in sorted(set(weight_map.values())):
+            tensors.update(_read_safetensors(os.path.join(directory, shard)))
+        return tensors, index_path
+    if os.path.isfile(pytorch_path):
+        if not allow_pytorch_bin:
+            raise mapping.ConversionError(
+                f"{directory} has only {PYTORCH_FILE}, a pickle; pass --allow-pytorch-bin "
+                "(allow_pytorch_bin=True in Python) to read it with torch.load(weights_only=True)"
+            )
+        import torch
+
+        state_dict = torch.load(pytorch_path, map_location="cpu", weights_only=True)
+        return {
+            key: value.float().numpy() if value.is_floating_point() else value.numpy()
+            for key, value in state_dict.items()
+        }, pytorch_path
+    raise FileNotFoundError(f"{directory} has no {SAFETENSORS_FILE}, {SAFETENSORS_INDEX_FILE} or {PYTORCH_FILE}")
+
+
+def _read_vocabulary(directory):
+    vocabulary_path = os.path.join(directory, VOCABULARY_FILE)
+    if os.path.isfile(vocabulary_path):
+        return mapping.read_vocabulary(vocabulary_path), vocabulary_path
+    tokenizer_path = os.path.join(directory, TOKENIZER_FILE)
+    if os.path.isfile(tokenizer_path):
+        model = _read_json(tokenizer_path).get("model") or {}
+        if model.get("type") == "WordPiece" and model.get("vocab"):
+            token_ids = model["vocab"]
+            return sorted(token_ids, key=token_ids.get), tokenizer_path
+    raise FileNotFoundError(f"{directory} has no {VOCABULARY_FILE} (nor a WordPiece {TOKENIZER_FILE})")
+
+
+def _tokenizer_settings(directory, vocabulary, lowercase):
+    if lowercase is not None:
+        return mapping.tokenizer_settings(lowercase)
+    tokenizer_config_path = os.path.join(directory, TOKENIZER_CONFIG_FILE)
+    if os.path.isfile(tokenizer_config_path):
+        tokenizer_config = _read_json(tokenizer_config_path)
+        if "do_lower_case" in tokenizer_config:
+            return mapping.tokenizer_settings(
+                tokenizer_config["do_lower_case"], tokenizer_config.get("strip_accents")
+            )
+    tokenizer_path = os.path.join(directory, TOKENIZER_FILE)
+    if os.path.isfile(tokenizer_path):
+        normalizer = _read_json(tokenizer_path).get("normalizer") or {}
+        if normalizer.get("type") == "BertNormalizer":
+            return mapping.tokenizer_settings(normalizer.get("lowercase", True), normalizer.get("strip_accents"))
+    return mapping.tokenizer_settings(mapping.is_uncased(vocabulary))
+
+
+def _check_tied(key, value, tensors, path):
+    original = tensors.get(_TIED[key])
+    if original is None:
+        return False
+    if value.shape != original.value.shape or not np.array_equal(value, original.value):
+        raise mapping.ConversionError(
+            f"Tensor {key} in {path} (shape {value.shape}) differs from {original.source_name} "
+            f"(shape {original.value.shape}), but kbert's masked-LM head always shares them"
+        )
+    return True
+
+
+def read_huggingface(path, *, allow_pytorch_bin=False, lowercase=None):
+    """Reads a Hugging Face BERT directory into a kbert model.
+
+    Args:
+        path: the directory (`config.json`, `vocab.txt`, `model.safetensors`, ...).
+        allow_pytorch_bin: read `pytorch_model.bin` when there is no safetensors file.
+        lowercase: override the tokenizer's casing; `None` takes it from
+            `tokenizer_config.json` or `tokenizer.json`, else from the vocabulary.
+
+    Returns:
+        A `kbert.convert.Conversion`.
+    """
+    directory = os.fspath(path)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"Hugging Face model directory not found: {directory}")
+    config_path = os.path.join(directory, CONFIG_FILE)
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{directory} is not a Hugging Face model directory: it has no {CONFIG_FILE}")
+    config = _read_json(config_path)
+    backbone_config, notes = mapping.backbone_config(config, config_path)
+    weights, weights_path = _read_weights(directory, allow_pytorch_bin)
+    weights = {
+        _normalized_key(key): (key, value)
+        for key, value in weights.items()
+        if _normalized_key(key) not in _BUFFERS
+    }
+
+    groups = set()
+    for key in weights:
+        for prefix, group in (
+            ("cls.predictions.", mapping.MASKED_LM),
+            ("cls.seq_relationship.", mapping.NEXT_SENTENCE),
+            ("classifier.", mapping.CLASSIFIER),
+        ):
+            if key.startswith(prefix):
+                groups.add(group)
+    num_classes = None
+    if mapping.CLASSIFIER in groups and "classifier.weight" in weights:
+        num_classes = int(weights["classifier.weight"][1].shape[0])
+    model = mapping.build_model(
+        backbone_config, groups, num_classes, classifier_dropout=config.get("classifier_dropout")
+    )
+    slots = mapping.model_slots(model)
+
+    names = {}
+    for name in [slot.name for slot in slots] + list(mapping.HEAD_NAMES):
+        names[huggingface_name(name)[0]] = name
+    tensors = {}
+    tied = {}
+    for key, (original_key, value) in weights.items():
+        if key in _TIED:
+            tied[key] = value
+            continue
+        if key not in names:
+            tensors[original_key] = mapping.SourceTensor(original_key, value)
+            continue
+        name = names[key]
+        transposed = huggingface_name(name)[1]
+        if transposed and value.ndim != 2:
+            raise mapping.ConversionError(
+                f"Tensor {original_key} in {weights_path} has shape {value.shape}, but a dense "
+                "kernel has two dimensions"
+            )
+        tensors[name] = mapping.SourceTensor(
+            original_key, value.T if transposed else value, "transposed" if transposed else "canonical"
+        )
+    for key, value in tied.items():
+        if not _check_tied(key, value, tensors, weights_path) and key == "cls.predictions.decoder.bias":
+            tensors["cls/predictions/output_bias"] = mapping.SourceTensor(key, value)
+
+    notes += mapping.assign(
+        slots, tensors, weights_path, source_name=lambda name: huggingface_name(name)[0]
+    )
+    vocabulary, vocabulary_path = _read_vocabulary(directory)
+    mapping.check_vocabulary(vocabulary, backbone_config["vocabulary_size"], vocabulary_path)
+    task = None
+    if mapping.CLASSIFIER in groups:
+        id2label = config.get("id2label") or {}
+        task = {"label_names": [id2label.get(str(index), str(index)) for index in range(num_classes)]}
+    mapping.log_notes(notes)
+    return mapping.Conversion(
+        model=model,
+        vocabulary=vocabulary,
+        tokenizer=_tokenizer_settings(directory, vocabulary, lowercase),
+        task=task,
+        notes=notes,
+    )
+
+
+def from_huggingface(path, output, *, allow_pytorch_bin=False, lowercase=None, overwrite=False):
+    """Converts a Hugging Face BERT directory into the kbert model directory `output`.
+
+    The encoder and pooler become a `BertBackbone`; a masked-LM head (`cls.predictions.*`,
+    with `cls.seq_relationship.*` for next-sentence prediction) makes it a `BertMaskedLM`,
+    a `classifier.*` head a `BertClassifier`.
+
+    Example:
+    >>> conversion = from_huggingface("all-MiniLM-L6-v2", "minilm")  # doctest: +SKIP
+    >>> kbert.load("minilm")  # doctest: +SKIP
+    """
+    conversion = read_huggingface(path, allow_pytorch_bin=allow_pytorch_bin, lowercase=lowercase)
+    mapping.prepare_output(output, overwrite)
+    conversion.save(output)
+    return conversion
+
+
+# === Writing ===
+
+
+def _architecture(model):
+    from kbert.classifier import BertClassifier
+    from kbert.masked_lm import BertMaskedLM
+
+    if isinstance(model, BertMaskedLM):
+        return "BertForPreTraining" if model.next_sentence_prediction else "BertForMaskedLM"
+    if isinstance(model, BertClassifier):
+        return "BertForSequenceClassification"
+    return "BertModel"
+
+
+def to_huggingface(model_directory, output, *, overwrite=False):
+    """Writes the kbert model directory `model_directory` as a Hugging Face BERT directory.
+
+    A `BertBackbone` becomes a `BertModel`, a `BertMaskedLM` a `BertForMaskedLM` (or
+    `BertForPreTraining` with next-sentence prediction), a `BertClassifier` a
+    `BertForSequenceClassification`; `transformers` loads it with `from_pretrained`.
+    """
+    from safetensors.numpy import save_file
+
+    model, vocabulary, tokenizer, task = mapping.read_kbert_model_dir(model_directory)
+    architecture = _architecture(model)
+    backbone = getattr(model, "backbone", model)
+    tensors = {}
+    for name, value in mapping.collect(mapping.model_slots(model)).items():
+        key, transposed = huggingface_name(name)
+        if architecture == "BertModel":
+            key = key.removeprefix("bert.")
+        tensors[key] = np.ascontiguousarray(value.T if transposed else value, dtype="float32")
+
+    config = {
+        "architectures": [architecture],
+        "model_type": "bert",
+        **mapping.bert_json_config(backbone),
+        "layer_norm_eps": mapping.LAYER_NORM_EPSILON,
+        "position_embedding_type": "absolute",
+        "pad_token_id": vocabulary.index("[PAD]") if "[PAD]" in vocabulary else 0,
+        "tie_word_embeddings": True,
+    }
+    if architecture == "BertForSequenceClassification":
+        label_names = (task or {}).get("label_names") or [f"LABEL_{index}" for index in range(model.num_classes)]
+        config["id2label"] = {str(index): label for index, label in enumerate(label_names)}
+        config["label2id"] = {label: index for index, label in enumerate(label_names)}
+        config["classifier_dropout"] = model.dropout
+        if model.num_classes == 1:
+            config["problem_type"] = "regression"
+    tokenizer_config = {
+        "tokenizer_class": "BertTokenizer",
+        "do_lower_case": tokenizer["lowercase"],
+        "strip_accents": tokenizer["strip_accents"],
+        "model_max_length": backbone.max_sequence_length,
+        **_SPECIAL_TOKENS,
+    }
+
+    mapping.prepare_output(output, overwrite)
+    save_file(tensors, os.path.join(output, SAFETENSORS_FILE), metadata={"format": "pt"})
+    for file_name, value in ((CONFIG_FILE, config), (TOKENIZER_CONFIG_FILE, tokenizer_config)):
+        with open(os.path.join(output, file_name), "w", encoding="utf-8") as file:
+            json.dump(value, file, indent=2)
+            file.write("\n")
+    with open(os.path.join(output, VOCABULARY_FILE), "w", encoding="utf-8") as file:
+        file.write("".join(f"{token}\n" for token in vocabulary))
+    return output
