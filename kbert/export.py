@@ -1,0 +1,322 @@
+"""Versioned, atomic SavedModel exports for TensorFlow Serving.
+
+TensorFlow Serving watches a base directory `<base>/` and loads every numeric subdirectory
+`<base>/<version>/` as a version of the model as soon as it appears. An export is therefore
+built in a hidden directory beside its version (`.incomplete-<version>-*`, which the server
+ignores: it is not a number) and renamed into place only when complete, so the server never
+sees half a model; an existing version is never overwritten.
+
+The model server runs the graph in C++ with core TensorFlow ops and the ops of TensorFlow
+Text, whose op library it links. Every export lists the ops of its graph, function library
+included, and fails if any other op appears (`check_serving_ops`).
+
+The signatures themselves are built in `kbert/signatures.py`.
+"""
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import keras
+
+from kbert import model_dir as model_directory
+
+INCOMPLETE_PREFIX = ".incomplete-"
+EXPORT_INFO_FILE = os.path.join("assets.extra", "kbert_export.json")
+DEFAULT_SEQUENCE_LENGTH = 128
+
+
+def export(
+    model_dir, base_dir, version=None, sequence_length=None, text_pair=None, top_k=5
+):
+    """Exports a kbert model directory as a new version of a TensorFlow Serving model.
+
+    Exports run on the TensorFlow backend whatever backend trained the model: the weights
+    in a model directory are backend-neutral, and under another backend the export runs in a
+    TensorFlow subprocess.
+
+    Args:
+        model_dir: a kbert model directory holding a classifier or a masked-LM model.
+        base_dir: the model's base directory, e.g. `saved_models/sst2`; created if missing.
+        version: the version to write; `None` takes the next free one (1 in an empty
+            base directory). An existing version is an error, never overwritten.
+        sequence_length: tokens per sequence after packing and truncation; `None` takes the
+            model directory's tokenizer setting, else 128 (at most `max_sequence_length`).
+        text_pair: whether the raw-text signatures take a `text_pair` input; `None` reads it
+            from the model directory's task.
+        top_k: candidate tokens per `[MASK]` in the `fill_mask` signature.
+
+    Returns:
+        The path of the new version directory.
+
+    Example:
+    >>> kbert.export("runs/sst2", "saved_models/sst2")  # doctest: +SKIP
+    'saved_models/sst2/1'
+    """
+    arguments = {
+        "model_dir": os.fspath(model_dir),
+        "base_dir": os.fspath(base_dir),
+        "version": version,
+        "sequence_length": sequence_length,
+        "text_pair": text_pair,
+        "top_k": top_k,
+    }
+    if version is not None and (
+        not isinstance(version, int) or isinstance(version, bool) or version < 1
+    ):
+        raise ValueError(f"Expected version to be a positive integer. Received: version={version!r}")
+    model_directory.read_config(arguments["model_dir"])
+    _check_version_is_free(arguments["base_dir"], version)
+    if keras.backend.backend() != "tensorflow":
+        return _export_in_tensorflow_process(arguments)
+    return _export(**arguments)
+
+
+def versions(base_dir):
+    """Returns the sorted numeric versions in `base_dir`, as TensorFlow Serving sees them."""
+    if not os.path.isdir(base_dir):
+        return []
+    return sorted(
+        int(name)
+        for name in os.listdir(base_dir)
+        if name.isdigit() and os.path.isdir(os.path.join(base_dir, name))
+    )
+
+
+def serving_ops(saved_model_dir):
+    """Returns the names of the ops in a SavedModel's graphs, function library included."""
+    ops = set()
+    for meta_graph in _read_saved_model(saved_model_dir).meta_graphs:
+        graph = meta_graph.graph_def
+        # A node may call a library function by its name: that is not an op.
+        function_names = {function.signature.name for function in graph.library.function}
+        nodes = list(graph.node)
+        for function in graph.library.function:
+            nodes.extend(function.node_def)
+        ops.update(node.op for node in nodes if node.op not in function_names)
+    return ops
+
+
+def check_serving_ops(saved_model_dir):
+    """Fails unless every op of the SavedModel is a core TensorFlow or TensorFlow Text op.
+
+    Returns:
+        `{"tensorflow": [...], "tensorflow_text": [...]}`, the sorted op names of each kind.
+    """
+    import tensorflow as tf
+
+    ops = serving_ops(saved_model_dir)
+    # `tf.raw_ops` is generated from core TensorFlow's op registrations only, so libraries
+    # loaded into this process (TensorFlow Text's among them) do not add to it.
+    core_ops = ops & set(dir(tf.raw_ops))
+    text_ops = (ops - core_ops) & tensorflow_text_ops()
+    unknown_ops = ops - core_ops - text_ops
+    if unknown_ops:
+        raise ValueError(
+            f"The SavedModel in {saved_model_dir} uses ops that neither core TensorFlow nor "
+            f"TensorFlow Text provides, so TensorFlow Serving cannot run it: "
+            f"{', '.join(sorted(unknown_ops))}"
+        )
+    return {"tensorflow": sorted(core_ops), "tensorflow_text": sorted(text_ops)}
+
+
+def tensorflow_text_ops():
+    """Returns the names of the ops registered by TensorFlow Text's op libraries."""
+    import tensorflow_text
+    from tensorflow.core.framework import op_def_pb2
+    from tensorflow.python.client import pywrap_tf_session
+
+    # The op libraries are the shared objects under tensorflow_text/python; TF Text loads
+    # them all on import, so loading one again only returns its op list.
+    package_dir = os.path.dirname(tensorflow_text.__file__)
+    libraries = glob.glob(os.path.join(package_dir, "python", "**", "_*.so"), recursive=True)
+    names = set()
+    for library in libraries:
+        handle = pywrap_tf_session.TF_LoadLibrary(library)
+        try:
+            op_list = op_def_pb2.OpList.FromString(pywrap_tf_session.TF_GetOpList(handle))
+        finally:
+            pywrap_tf_session.TF_DeleteLibraryHandle(handle)
+        names.update(op.name for op in op_list.op)
+    return names
+
+
+def _export(model_dir, base_dir, version, sequence_length, text_pair, top_k):
+    import tensorflow as tf
+
+    from kbert.signatures import build_serving_module
+    from kbert.tokenizer import BertPreprocessor, BertTokenizer
+
+    config = model_directory.read_config(model_dir)
+    task = config.get("task") or {}
+    model = model_directory.load(model_dir)
+    backbone = getattr(model, "backbone", model)
+    if sequence_length is None:
+        sequence_length = config["tokenizer"].get("sequence_length") or min(
+            DEFAULT_SEQUENCE_LENGTH, backbone.max_sequence_length
+        )
+    if not 3 <= sequence_length <= backbone.max_sequence_length:
+        raise ValueError(
+            f"Expected sequence_length between 3 and the model's max_sequence_length "
+            f"{backbone.max_sequence_length}. Received: sequence_length={sequence_length}"
+        )
+    if text_pair is None:
+        text_pair = _task_reads_text_pair(task)
+    preprocessor = BertPreprocessor(
+        BertTokenizer.from_model_dir(model_dir), sequence_length=sequence_length
+    )
+    module, signatures, method_names = build_serving_module(
+        model,
+        preprocessor,
+        vocabulary_file=model_directory.vocabulary_path(model_dir),
+        label_names=task.get("label_names"),
+        text_pair=text_pair,
+        top_k=top_k,
+    )
+
+    os.makedirs(base_dir, exist_ok=True)
+    temporary_dir = tempfile.mkdtemp(
+        prefix=f"{INCOMPLETE_PREFIX}{version or 'next'}-", dir=base_dir
+    )
+    try:
+        tf.saved_model.save(module, temporary_dir, signatures=signatures)
+        _set_method_names(temporary_dir, method_names)
+        ops = check_serving_ops(temporary_dir)
+        _write_json(
+            os.path.join(temporary_dir, EXPORT_INFO_FILE),
+            {
+                "model_dir": os.path.abspath(model_dir),
+                "model": type(model).__name__,
+                "sequence_length": sequence_length,
+                "text_pair": bool(text_pair),
+                "label_names": task.get("label_names"),
+                "signatures": method_names,
+                "tensorflow_text_ops": ops["tensorflow_text"],
+                "tensorflow_version": tf.__version__,
+            },
+        )
+        # mkdtemp() makes the directory private to its owner; a model server often runs as
+        # another user, so the version gets the permissions of any new directory.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary_dir, 0o777 & ~umask)
+        return _publish(temporary_dir, base_dir, version)
+    except BaseException:
+        shutil.rmtree(temporary_dir, ignore_errors=True)
+        raise
+
+
+def _task_reads_text_pair(task):
+    if task.get("text_pair_column") is not None:
+        return True
+    return len(task.get("text_columns") or ()) == 2
+
+
+def _check_version_is_free(base_dir, version):
+    if version is not None and version in versions(base_dir):
+        raise FileExistsError(
+            f"Version {version} already exists in {base_dir}; exports never overwrite a "
+            f"version: pass another --version, or none for the next free one "
+            f"({_next_version(base_dir)})."
+        )
+
+
+def _next_version(base_dir):
+    return max(versions(base_dir), default=0) + 1
+
+
+def _publish(temporary_dir, base_dir, version):
+    """Renames a complete export into place as `version`, or as the next free version."""
+    while True:
+        chosen = version or _next_version(base_dir)
+        _check_version_is_free(base_dir, chosen)
+        version_dir = os.path.join(base_dir, str(chosen))
+        try:
+            # rename() is atomic, and it fails rather than replace a non-empty directory:
+            # an export that raced this one to the same version is never overwritten.
+            os.rename(temporary_dir, version_dir)
+        except OSError:
+            if version is not None or not os.path.exists(version_dir):
+                raise
+            continue  # another export took the next free version first
+        return version_dir
+
+
+def _set_method_names(saved_model_dir, method_names):
+    """Sets each SignatureDef's method name, which `tf.saved_model.save` always makes "predict".
+
+    TF Serving's Classify and Regress APIs accept only signatures whose method name says so.
+    The fingerprint, a checksum of `saved_model.pb`, is then written again.
+    """
+    from tensorflow.python.saved_model import fingerprinting_utils
+
+    saved_model = _read_saved_model(saved_model_dir)
+    for meta_graph in saved_model.meta_graphs:
+        for name, method_name in method_names.items():
+            meta_graph.signature_def[name].method_name = method_name
+    with open(os.path.join(saved_model_dir, "saved_model.pb"), "wb") as file:
+        file.write(saved_model.SerializeToString())
+    fingerprinting_utils.write_fingerprint(saved_model_dir)
+
+
+def _read_saved_model(saved_model_dir):
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    path = os.path.join(saved_model_dir, "saved_model.pb")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{saved_model_dir} is not a SavedModel: it has no saved_model.pb")
+    with open(path, "rb") as file:
+        return saved_model_pb2.SavedModel.FromString(file.read())
+
+
+def _write_json(path, value):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump(value, file, indent=2)
+        file.write("\n")
+
+
+# Run by `_export_in_tensorflow_process`: user errors come back as one JSON line.
+_SUBPROCESS_CODE = """
+import json, sys
+from kbert.export import export
+try:
+    print(json.dumps({"version_dir": export(**json.loads(sys.argv[1]))}))
+except (ValueError, FileNotFoundError, FileExistsError) as error:
+    print(json.dumps({"error": type(error).__name__, "message": str(error)}))
+"""
+
+
+def _export_in_tensorflow_process(arguments):
+    # Keras fixes its backend when first imported, so the export needs a process of its own.
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    environment = dict(
+        os.environ,
+        KERAS_BACKEND="tensorflow",
+        PYTHONPATH=os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")])),
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", _SUBPROCESS_CODE, json.dumps(arguments)],
+        env=environment,
+        capture_output=True,
+        text=True,
+    )
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"The TensorFlow export process failed (exit code {result.returncode}):\n"
+            f"{result.stderr[-3000:]}"
+        )
+    outcome = json.loads(lines[-1])
+    if "error" in outcome:
+        error_class = {
+            "ValueError": ValueError,
+            "FileNotFoundError": FileNotFoundError,
+            "FileExistsError": FileExistsError,
+        }[outcome["error"]]
+        raise error_class(outcome["message"])
+    return outcome["version_dir"]

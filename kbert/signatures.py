@@ -1,0 +1,268 @@
+"""The signatures of kbert's SavedModels, all built by `build_serving_module`.
+
+TensorFlow Serving runs a signature by its tensor names in a C++ session, with no Python,
+no Keras and no kbert. Everything a request needs therefore lives in the graph (cleaning
+the bytes, WordPiece tokenization with the model's own vocabulary, packing, the model,
+softmax, class names), and every input and output has a fixed dtype and shape:
+
+    classifiers
+      serving_default   text (+ text_pair): string [batch]
+                        -> probabilities float32 [batch, num_classes], label_id int32 [batch],
+                           label string [batch]
+      serve_token_ids   token_ids, segment_ids, padding_mask: int32 [batch, sequence]
+                        -> the same three outputs
+      serve_examples    inputs: serialized tf.Example [batch], features `text` (+ `text_pair`)
+                        -> classes string [batch, num_classes], scores float32 [batch, num_classes]
+                        (method tensorflow/serving/classify, for TF Serving's Classify API)
+    regression models (num_classes=1): the same inputs; outputs score float32 [batch], and
+      serve_examples outputs `outputs` float32 [batch] (tensorflow/serving/regress)
+    masked-LM models
+      fill_mask         text: string [batch], with `[MASK]` where tokens are wanted
+                        -> mask_positions int32 [batch, masks], token_ids int32 [batch, masks, top_k],
+                           tokens string [batch, masks, top_k], scores float32 [batch, masks, top_k]
+                        (also exported as serving_default)
+"""
+
+import tensorflow as tf
+
+SERVING_DEFAULT = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
+SERVE_TOKEN_IDS = "serve_token_ids"
+SERVE_EXAMPLES = "serve_examples"
+FILL_MASK = "fill_mask"
+
+PREDICT_METHOD = tf.saved_model.PREDICT_METHOD_NAME
+CLASSIFY_METHOD = tf.saved_model.CLASSIFY_METHOD_NAME
+REGRESS_METHOD = tf.saved_model.REGRESS_METHOD_NAME
+
+MASK_TOKEN = "[MASK]"
+
+# One spec per input name, so a signature input is the same word as the tensor it carries
+# everywhere else in kbert.
+INPUT_SPECS = {
+    "text": tf.TensorSpec([None], tf.string),
+    "text_pair": tf.TensorSpec([None], tf.string),
+    "token_ids": tf.TensorSpec([None, None], tf.int32),
+    "segment_ids": tf.TensorSpec([None, None], tf.int32),
+    "padding_mask": tf.TensorSpec([None, None], tf.int32),
+    # TF Serving's Classify and Regress APIs look their one input up under this key.
+    tf.saved_model.CLASSIFY_INPUTS: tf.TensorSpec([None], tf.string),
+}
+
+
+def build_serving_module(
+    model, preprocessor, vocabulary_file, label_names=None, text_pair=False, top_k=5
+):
+    """Builds every signature of an export.
+
+    Args:
+        model: a `BertClassifier` or `BertMaskedLM` on the TensorFlow backend.
+        preprocessor: the `BertPreprocessor` that turns text into the model's inputs.
+        vocabulary_file: the model's `vocab.txt`, stored as an asset of the SavedModel.
+        label_names: class names of a classifier, in label-id order (`None`: "0", "1", ...).
+        text_pair: whether the classifier reads a pair of texts.
+        top_k: number of candidate tokens per `[MASK]` in `fill_mask`.
+
+    Returns:
+        `(module, signatures, method_names)`: the object to pass to `tf.saved_model.save`, its
+        signatures as concrete functions by name, and the method name of each signature.
+    """
+    from kbert.classifier import BertClassifier
+    from kbert.masked_lm import BertMaskedLM
+
+    module = tf.Module()
+    # Tokenizer tables and buffers are saved with whatever tracks them.
+    module.preprocessor = preprocessor
+    module.vocabulary = tf.saved_model.Asset(vocabulary_file)
+
+    if isinstance(model, BertClassifier):
+        endpoints = _classifier_endpoints(model, preprocessor, label_names, text_pair)
+    elif isinstance(model, BertMaskedLM):
+        # Candidate ids become tokens through the vocabulary asset.
+        module.vocabulary_table = tf.lookup.StaticHashTable(
+            tf.lookup.TextFileInitializer(
+                module.vocabulary,
+                key_dtype=tf.int64,
+                key_index=tf.lookup.TextFileIndex.LINE_NUMBER,
+                value_dtype=tf.string,
+                value_index=tf.lookup.TextFileIndex.WHOLE_LINE,
+            ),
+            default_value="",
+        )
+        endpoints = _masked_lm_endpoints(model, preprocessor, module.vocabulary_table, top_k)
+    else:
+        raise ValueError(
+            "Expected a BertClassifier or BertMaskedLM to export. "
+            f"Received: {type(model).__name__}"
+        )
+
+    signatures = {}
+    method_names = {}
+    for name, (function, input_names, method_name) in endpoints.items():
+        input_signature = [
+            tf.TensorSpec(INPUT_SPECS[input_name].shape, INPUT_SPECS[input_name].dtype, name=input_name)
+            for input_name in input_names
+        ]
+        signatures[name] = tf.function(
+            function, input_signature=input_signature, autograph=False
+        ).get_concrete_function()
+        method_names[name] = method_name
+    # The tf.Variables that the signatures read, as keras.export.ExportArchive tracks them.
+    # Tracked through the Keras model or its Keras variables instead, they are saved under
+    # fresh resource names, and the TF1 session loader of TF Serving then leaves the
+    # variables that the signatures read uninitialised.
+    variables = {}
+    for function in signatures.values():
+        variables.update((id(variable), variable) for variable in function.variables)
+    module.model_variables = list(variables.values())
+    return module, signatures, method_names
+
+
+def _classifier_endpoints(model, preprocessor, label_names, text_pair):
+    num_classes = model.num_classes
+    regression = num_classes == 1
+    if label_names is None:
+        label_names = [str(index) for index in range(num_classes)]
+    if not regression and len(label_names) != num_classes:
+        raise ValueError(
+            f"Expected {num_classes} label names for a {num_classes}-class model. "
+            f"Received: label_names={label_names!r}"
+        )
+    text_names = ("text", "text_pair") if text_pair else ("text",)
+
+    def from_token_ids(token_ids, segment_ids, padding_mask):
+        logits = model(
+            {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask},
+            training=False,
+        )  # (batch, num_classes), float32
+        if regression:
+            return {"score": logits[:, 0]}
+        probabilities = tf.nn.softmax(logits, axis=-1)
+        label_id = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+        label = tf.gather(tf.constant(label_names), label_id)
+        return {"probabilities": probabilities, "label_id": label_id, "label": label}
+
+    def from_text(text, text_pair=None):
+        if text_pair is not None:
+            text_pair = replace_invalid_utf8(text_pair)
+        return from_token_ids(**preprocessor(replace_invalid_utf8(text), text_pair))
+
+    def from_examples(inputs):
+        features = tf.io.parse_example(
+            inputs,
+            {name: tf.io.FixedLenFeature([], tf.string, default_value="") for name in text_names},
+        )
+        outputs = from_text(**features)
+        if regression:
+            return {tf.saved_model.REGRESS_OUTPUTS: outputs["score"]}
+        batch_size = tf.shape(inputs)[0]
+        classes = tf.tile(tf.constant(label_names)[None, :], [batch_size, 1])
+        return {
+            tf.saved_model.CLASSIFY_OUTPUT_CLASSES: classes,  # (batch, num_classes)
+            tf.saved_model.CLASSIFY_OUTPUT_SCORES: outputs["probabilities"],
+        }
+
+    return {
+        SERVING_DEFAULT: (from_text, text_names, PREDICT_METHOD),
+        SERVE_TOKEN_IDS: (
+            from_token_ids,
+            ("token_ids", "segment_ids", "padding_mask"),
+            PREDICT_METHOD,
+        ),
+        SERVE_EXAMPLES: (
+            from_examples,
+            (tf.saved_model.CLASSIFY_INPUTS,),
+            REGRESS_METHOD if regression else CLASSIFY_METHOD,
+        ),
+    }
+
+
+def _masked_lm_endpoints(model, preprocessor, vocabulary, top_k):
+    tokenizer = preprocessor.tokenizer
+    sequence_length = preprocessor.sequence_length
+
+    special_token_ids = [
+        tokenizer.pad_token_id,
+        tokenizer.cls_token_id,
+        tokenizer.sep_token_id,
+        tokenizer.mask_token_id,
+    ]
+    special_token_weights = tf.tensor_scatter_nd_update(
+        tf.ones([model.backbone.vocabulary_size]),
+        [[token_id] for token_id in special_token_ids],
+        tf.zeros([len(special_token_ids)]),
+    )
+    top_k = min(top_k, model.backbone.vocabulary_size - len(special_token_ids))
+
+    def fill_mask(text):
+        # `[MASK]` is cut out of the string before tokenization, so that neither lowercasing
+        # nor punctuation splitting can break it up, and its id is put back between the pieces.
+        pieces = tf.strings.split(replace_invalid_utf8(text), MASK_TOKEN)  # (batch, (pieces))
+        piece_ids = tokenizer(pieces.flat_values)  # (pieces, (tokens))
+        # Every piece but the last of its text was followed by a [MASK].
+        piece_index = tf.range(tf.size(pieces.flat_values, out_type=tf.int64))
+        last_piece = tf.gather(pieces.row_limits(), pieces.value_rowids()) - 1
+        followed_by_mask = piece_index != last_piece
+        mask_ids = tf.RaggedTensor.from_row_lengths(
+            tf.fill([tf.reduce_sum(tf.cast(followed_by_mask, tf.int32))], tokenizer.mask_token_id),
+            tf.cast(followed_by_mask, tf.int64),
+        )
+        piece_ids = tf.concat([piece_ids, mask_ids], axis=1)
+        token_ids = tf.RaggedTensor.from_row_lengths(piece_ids, pieces.row_lengths())
+        token_ids = token_ids.merge_dims(1, 2)[:, : sequence_length - 2]  # (batch, (tokens))
+        batch_size = token_ids.nrows()
+        token_ids = tf.concat(
+            [
+                tf.fill([batch_size, 1], tokenizer.cls_token_id),
+                token_ids,
+                tf.fill([batch_size, 1], tokenizer.sep_token_id),
+            ],
+            axis=1,
+        )
+        padding_mask = tf.sequence_mask(token_ids.row_lengths(), sequence_length, tf.int32)
+        token_ids = token_ids.to_tensor(
+            default_value=tokenizer.pad_token_id, shape=[None, sequence_length]
+        )  # (batch, sequence_length)
+        positions = tf.ragged.boolean_mask(
+            tf.broadcast_to(tf.range(sequence_length), tf.shape(token_ids)),
+            token_ids == tokenizer.mask_token_id,
+        ).to_tensor(default_value=-1)  # (batch, masks)
+        logits = model(
+            {
+                "token_ids": token_ids,
+                "segment_ids": tf.zeros_like(token_ids),
+                "padding_mask": padding_mask,
+                "mask_positions": tf.maximum(positions, 0),
+            },
+            training=False,
+        )
+        if isinstance(logits, dict):
+            logits = logits["mlm"]  # (batch, masks, vocabulary_size)
+        probabilities = tf.nn.softmax(logits, axis=-1)
+        # The scores stay the model's probabilities; special tokens are only never proposed.
+        probabilities = probabilities * special_token_weights
+        scores, candidate_ids = tf.math.top_k(probabilities, k=top_k)
+        is_mask = (positions >= 0)[:, :, None]
+        candidate_ids = tf.where(is_mask, candidate_ids, -1)
+        return {
+            "mask_positions": positions,
+            "token_ids": candidate_ids,
+            "tokens": vocabulary.lookup(tf.cast(candidate_ids, tf.int64)),
+            "scores": tf.where(is_mask, scores, 0.0),
+        }
+
+    return {
+        SERVING_DEFAULT: (fill_mask, ("text",), PREDICT_METHOD),
+        FILL_MASK: (fill_mask, ("text",), PREDICT_METHOD),
+    }
+
+
+def replace_invalid_utf8(text):
+    """Replaces bytes that are not UTF-8 with U+FFFD.
+
+    A gRPC client may send any bytes in a string tensor, and the Unicode normalisation of the
+    tokenizer fails on invalid UTF-8; a request must get predictions, never an error, so the
+    bytes are made valid first. Valid text passes through unchanged.
+    """
+    return tf.strings.unicode_transcode(
+        text, input_encoding="UTF-8", output_encoding="UTF-8", errors="replace"
+    )
