@@ -10,6 +10,7 @@ from kbert.classifier import BertClassifier
 from kbert.masked_lm import BertMaskedLM
 from kbert.model_dir import load
 from kbert.sizes import size_config
+from kbert.tokenizer import BertPreprocessor, BertTokenizer
 
 __version__ = "0.1.0"
 
@@ -17,6 +18,8 @@ __all__ = [
     "BertBackbone",
     "BertClassifier",
     "BertMaskedLM",
+    "BertPreprocessor",
+    "BertTokenizer",
     "load",
     "size_config",
 ]
