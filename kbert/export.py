@@ -90,7 +90,7 @@ def versions(base_dir):
 def serving_ops(saved_model_dir):
     """Returns the names of the ops in a SavedModel's graphs, function library included."""
     ops = set()
-    for meta_graph in _read_saved_model(saved_model_dir).meta_graphs:
+    for meta_graph in read_saved_model(saved_model_dir).meta_graphs:
         graph = meta_graph.graph_def
         # A node may call a library function by its name: that is not an op.
         function_names = {function.signature.name for function in graph.library.function}
@@ -154,18 +154,9 @@ def _export(model_dir, base_dir, version, sequence_length, text_pair, top_k):
     config = model_directory.read_config(model_dir)
     task = config.get("task") or {}
     model = model_directory.load(model_dir)
-    backbone = getattr(model, "backbone", model)
-    if sequence_length is None:
-        sequence_length = config["tokenizer"].get("sequence_length") or min(
-            DEFAULT_SEQUENCE_LENGTH, backbone.max_sequence_length
-        )
-    if not 3 <= sequence_length <= backbone.max_sequence_length:
-        raise ValueError(
-            f"Expected sequence_length between 3 and the model's max_sequence_length "
-            f"{backbone.max_sequence_length}. Received: sequence_length={sequence_length}"
-        )
+    sequence_length = resolve_sequence_length(config, model, sequence_length)
     if text_pair is None:
-        text_pair = _task_reads_text_pair(task)
+        text_pair = task_reads_text_pair(task)
     preprocessor = BertPreprocessor(
         BertTokenizer.from_model_dir(model_dir), sequence_length=sequence_length
     )
@@ -210,7 +201,24 @@ def _export(model_dir, base_dir, version, sequence_length, text_pair, top_k):
         raise
 
 
-def _task_reads_text_pair(task):
+def resolve_sequence_length(config, model, sequence_length=None):
+    """Returns `sequence_length`, else the model directory's setting, else 128, checked."""
+    backbone = getattr(model, "backbone", model)
+    if sequence_length is None:
+        sequence_length = config["tokenizer"].get("sequence_length") or min(
+            DEFAULT_SEQUENCE_LENGTH, backbone.max_sequence_length
+        )
+    if not 3 <= sequence_length <= backbone.max_sequence_length:
+        raise ValueError(
+            f"Expected sequence_length between 3 and the model's max_sequence_length "
+            f"{backbone.max_sequence_length}. Received: sequence_length={sequence_length}"
+        )
+    return sequence_length
+
+
+def task_reads_text_pair(task):
+    """Whether a model directory's task (its `config.json` "task") classifies text pairs."""
+    task = task or {}
     if task.get("text_pair_column") is not None:
         return True
     return len(task.get("text_columns") or ()) == 2
@@ -254,7 +262,7 @@ def _set_method_names(saved_model_dir, method_names):
     """
     from tensorflow.python.saved_model import fingerprinting_utils
 
-    saved_model = _read_saved_model(saved_model_dir)
+    saved_model = read_saved_model(saved_model_dir)
     for meta_graph in saved_model.meta_graphs:
         for name, method_name in method_names.items():
             meta_graph.signature_def[name].method_name = method_name
@@ -263,7 +271,8 @@ def _set_method_names(saved_model_dir, method_names):
     fingerprinting_utils.write_fingerprint(saved_model_dir)
 
 
-def _read_saved_model(saved_model_dir):
+def read_saved_model(saved_model_dir):
+    """Returns the parsed `saved_model.pb` of a SavedModel directory."""
     from tensorflow.core.protobuf import saved_model_pb2
 
     path = os.path.join(saved_model_dir, "saved_model.pb")
