@@ -163,7 +163,6 @@ def _export(model_dir, base_dir, version, sequence_length, text_pair, top_k):
     module, signatures, method_names = build_serving_module(
         model,
         preprocessor,
-        vocabulary_file=model_directory.vocabulary_path(model_dir),
         label_names=task.get("label_names"),
         text_pair=text_pair,
         top_k=top_k,

@@ -49,15 +49,12 @@ INPUT_SPECS = {
 }
 
 
-def build_serving_module(
-    model, preprocessor, vocabulary_file, label_names=None, text_pair=False, top_k=5
-):
+def build_serving_module(model, preprocessor, label_names=None, text_pair=False, top_k=5):
     """Builds every signature of an export.
 
     Args:
         model: a `BertClassifier` or `BertMaskedLM` on the TensorFlow backend.
         preprocessor: the `BertPreprocessor` that turns text into the model's inputs.
-        vocabulary_file: the model's `vocab.txt`, stored as an asset of the SavedModel.
         label_names: class names of a classifier, in label-id order (`None`: "0", "1", ...).
         text_pair: whether the classifier reads a pair of texts.
         top_k: number of candidate tokens per `[MASK]` in `fill_mask`.
@@ -70,25 +67,13 @@ def build_serving_module(
     from kbert.masked_lm import BertMaskedLM
 
     module = tf.Module()
-    # Tokenizer tables and buffers are saved with whatever tracks them.
+    # The tokenizer carries the vocabulary (assets/vocab.txt) and its WordPiece model.
     module.preprocessor = preprocessor
-    module.vocabulary = tf.saved_model.Asset(vocabulary_file)
 
     if isinstance(model, BertClassifier):
         endpoints = _classifier_endpoints(model, preprocessor, label_names, text_pair)
     elif isinstance(model, BertMaskedLM):
-        # Candidate ids become tokens through the vocabulary asset.
-        module.vocabulary_table = tf.lookup.StaticHashTable(
-            tf.lookup.TextFileInitializer(
-                module.vocabulary,
-                key_dtype=tf.int64,
-                key_index=tf.lookup.TextFileIndex.LINE_NUMBER,
-                value_dtype=tf.string,
-                value_index=tf.lookup.TextFileIndex.WHOLE_LINE,
-            ),
-            default_value="",
-        )
-        endpoints = _masked_lm_endpoints(model, preprocessor, module.vocabulary_table, top_k)
+        endpoints = _masked_lm_endpoints(model, preprocessor, top_k)
     else:
         raise ValueError(
             "Expected a BertClassifier or BertMaskedLM to export. "
@@ -142,9 +127,7 @@ def _classifier_endpoints(model, preprocessor, label_names, text_pair):
         return {"probabilities": probabilities, "label_id": label_id, "label": label}
 
     def from_text(text, text_pair=None):
-        if text_pair is not None:
-            text_pair = replace_invalid_utf8(text_pair)
-        return from_token_ids(**preprocessor(replace_invalid_utf8(text), text_pair))
+        return from_token_ids(**preprocessor(text, text_pair))
 
     def from_examples(inputs):
         features = tf.io.parse_example(
@@ -176,10 +159,9 @@ def _classifier_endpoints(model, preprocessor, label_names, text_pair):
     }
 
 
-def _masked_lm_endpoints(model, preprocessor, vocabulary, top_k):
+def _masked_lm_endpoints(model, preprocessor, top_k):
     tokenizer = preprocessor.tokenizer
-    sequence_length = preprocessor.sequence_length
-
+    vocabulary = tf.constant(tokenizer.vocabulary)
     special_token_ids = [
         tokenizer.pad_token_id,
         tokenizer.cls_token_id,
@@ -196,7 +178,7 @@ def _masked_lm_endpoints(model, preprocessor, vocabulary, top_k):
     def fill_mask(text):
         # `[MASK]` is cut out of the string before tokenization, so that neither lowercasing
         # nor punctuation splitting can break it up, and its id is put back between the pieces.
-        pieces = tf.strings.split(replace_invalid_utf8(text), MASK_TOKEN)  # (batch, (pieces))
+        pieces = tf.strings.split(text, MASK_TOKEN)  # (batch, (pieces))
         piece_ids = tokenizer(pieces.flat_values)  # (pieces, (tokens))
         # Every piece but the last of its text was followed by a [MASK].
         piece_index = tf.range(tf.size(pieces.flat_values, out_type=tf.int64))
@@ -208,45 +190,23 @@ def _masked_lm_endpoints(model, preprocessor, vocabulary, top_k):
         )
         piece_ids = tf.concat([piece_ids, mask_ids], axis=1)
         token_ids = tf.RaggedTensor.from_row_lengths(piece_ids, pieces.row_lengths())
-        token_ids = token_ids.merge_dims(1, 2)[:, : sequence_length - 2]  # (batch, (tokens))
-        batch_size = token_ids.nrows()
-        token_ids = tf.concat(
-            [
-                tf.fill([batch_size, 1], tokenizer.cls_token_id),
-                token_ids,
-                tf.fill([batch_size, 1], tokenizer.sep_token_id),
-            ],
-            axis=1,
-        )
-        padding_mask = tf.sequence_mask(token_ids.row_lengths(), sequence_length, tf.int32)
-        token_ids = token_ids.to_tensor(
-            default_value=tokenizer.pad_token_id, shape=[None, sequence_length]
-        )  # (batch, sequence_length)
+        inputs = preprocessor.pack(token_ids.merge_dims(1, 2))  # (batch, sequence_length) each
+        sequence_length = tf.shape(inputs["token_ids"])[1]
         positions = tf.ragged.boolean_mask(
-            tf.broadcast_to(tf.range(sequence_length), tf.shape(token_ids)),
-            token_ids == tokenizer.mask_token_id,
-        ).to_tensor(default_value=-1)  # (batch, masks)
-        logits = model(
-            {
-                "token_ids": token_ids,
-                "segment_ids": tf.zeros_like(token_ids),
-                "padding_mask": padding_mask,
-                "mask_positions": tf.maximum(positions, 0),
-            },
-            training=False,
-        )
+            tf.broadcast_to(tf.range(sequence_length), tf.shape(inputs["token_ids"])),
+            inputs["token_ids"] == tokenizer.mask_token_id,
+        ).to_tensor(default_value=-1)  # (batch, masks); -1 pads rows with fewer masks
+        logits = model(dict(inputs, mask_positions=tf.maximum(positions, 0)), training=False)
         if isinstance(logits, dict):
             logits = logits["mlm"]  # (batch, masks, vocabulary_size)
         probabilities = tf.nn.softmax(logits, axis=-1)
         # The scores stay the model's probabilities; special tokens are only never proposed.
-        probabilities = probabilities * special_token_weights
-        scores, candidate_ids = tf.math.top_k(probabilities, k=top_k)
+        scores, candidate_ids = tf.math.top_k(probabilities * special_token_weights, k=top_k)
         is_mask = (positions >= 0)[:, :, None]
-        candidate_ids = tf.where(is_mask, candidate_ids, -1)
         return {
             "mask_positions": positions,
-            "token_ids": candidate_ids,
-            "tokens": vocabulary.lookup(tf.cast(candidate_ids, tf.int64)),
+            "token_ids": tf.where(is_mask, candidate_ids, -1),
+            "tokens": tf.where(is_mask, tf.gather(vocabulary, candidate_ids), ""),
             "scores": tf.where(is_mask, scores, 0.0),
         }
 
@@ -254,15 +214,3 @@ def _masked_lm_endpoints(model, preprocessor, vocabulary, top_k):
         SERVING_DEFAULT: (fill_mask, ("text",), PREDICT_METHOD),
         FILL_MASK: (fill_mask, ("text",), PREDICT_METHOD),
     }
-
-
-def replace_invalid_utf8(text):
-    """Replaces bytes that are not UTF-8 with U+FFFD.
-
-    A gRPC client may send any bytes in a string tensor, and the Unicode normalisation of the
-    tokenizer fails on invalid UTF-8; a request must get predictions, never an error, so the
-    bytes are made valid first. Valid text passes through unchanged.
-    """
-    return tf.strings.unicode_transcode(
-        text, input_encoding="UTF-8", output_encoding="UTF-8", errors="replace"
-    )

@@ -172,14 +172,13 @@ class _KerasPredictor:
         self.top_k = top_k
 
     def predict(self, texts, text_pairs=None):
-        from kbert.signatures import replace_invalid_utf8
+        import tensorflow as tf
 
-        texts = replace_invalid_utf8(np.array(texts, dtype=object)).numpy()
         if self.masked_lm:
             return self._fill_mask(texts)
         if text_pairs is not None:
-            text_pairs = replace_invalid_utf8(np.array(text_pairs, dtype=object))
-        inputs = self.preprocessor(texts, text_pairs)
+            text_pairs = tf.constant(text_pairs, tf.string, shape=[len(text_pairs)])
+        inputs = self.preprocessor(tf.constant(texts, tf.string, shape=[len(texts)]), text_pairs)
         inputs = {name: np.asarray(value) for name, value in inputs.items()}
         logits = np.asarray(self.model.predict(inputs, verbose=0), dtype=np.float32)
         if self.model.num_classes == 1:
@@ -196,11 +195,14 @@ class _KerasPredictor:
         ]
 
     def _fill_mask(self, texts):
+        import tensorflow as tf
+
         from kbert.signatures import MASK_TOKEN
 
         tokenizer = self.tokenizer
         pieces = [text.split(MASK_TOKEN.encode()) for text in texts]
-        piece_ids = iter(tokenizer(np.array(sum(pieces, []), dtype=object)).to_list())
+        flat_pieces = [piece for text_pieces in pieces for piece in text_pieces]
+        piece_ids = iter(tokenizer(tf.constant(flat_pieces, tf.string, shape=[len(flat_pieces)])).to_list())
         batch_token_ids = []
         for text_pieces in pieces:
             token_ids = []
@@ -208,24 +210,13 @@ class _KerasPredictor:
                 token_ids += next(piece_ids)
                 if index < len(text_pieces) - 1:
                     token_ids.append(tokenizer.mask_token_id)
-            batch_token_ids.append(
-                [tokenizer.cls_token_id] + token_ids[: self.sequence_length - 2] + [tokenizer.sep_token_id]
-            )
-        positions = [
-            [index for index, token_id in enumerate(token_ids) if token_id == tokenizer.mask_token_id]
-            for token_ids in batch_token_ids
-        ]
+            batch_token_ids.append(token_ids)
+        inputs = self.preprocessor.pack(tf.ragged.constant(batch_token_ids, tf.int32, ragged_rank=1))
+        inputs = {name: np.asarray(value) for name, value in inputs.items()}
+        positions = [np.flatnonzero(row == tokenizer.mask_token_id).tolist() for row in inputs["token_ids"]]
         num_masks = max((len(row) for row in positions), default=0)
-        batch_size = len(texts)
-        inputs = {
-            "token_ids": np.full((batch_size, self.sequence_length), tokenizer.pad_token_id, np.int32),
-            "segment_ids": np.zeros((batch_size, self.sequence_length), np.int32),
-            "padding_mask": np.zeros((batch_size, self.sequence_length), np.int32),
-            "mask_positions": np.zeros((batch_size, num_masks), np.int32),
-        }
-        for row, (token_ids, row_positions) in enumerate(zip(batch_token_ids, positions)):
-            inputs["token_ids"][row, : len(token_ids)] = token_ids
-            inputs["padding_mask"][row, : len(token_ids)] = 1
+        inputs["mask_positions"] = np.zeros((len(texts), num_masks), np.int32)
+        for row, row_positions in enumerate(positions):
             inputs["mask_positions"][row, : len(row_positions)] = row_positions
         logits = self.model.predict(inputs, verbose=0)
         if isinstance(logits, dict):
