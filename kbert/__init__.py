@@ -7,6 +7,7 @@ and PyTorch backends.
 
 from kbert.backbone import BertBackbone
 from kbert.classifier import BertClassifier
+from kbert.export import export
 from kbert.masked_lm import BertMaskedLM
 from kbert.model_dir import load
 from kbert.sizes import size_config
@@ -20,6 +21,7 @@ __all__ = [
     "BertMaskedLM",
     "BertPreprocessor",
     "BertTokenizer",
+    "export",
     "load",
     "size_config",
 ]
