@@ -120,11 +120,18 @@ def test_minilm_matches_transformers(minilm_path, minilm_directory, pairs):
     model = kbert.load(minilm_directory)
     assert isinstance(model, kbert.BertBackbone)
     outputs = model.predict(inputs, verbose=0)
-    sequence_difference = np.abs(outputs["sequence_output"] - sequence_reference).max()
+    sequence_difference = np.abs(outputs["sequence_output"] - sequence_reference)
+    tokens = inputs["padding_mask"].astype(bool)
     pooled_difference = np.abs(outputs["pooled_output"] - pooled_reference).max()
-    print(f"max abs difference: sequence_output {sequence_difference:.2e}, pooled_output {pooled_difference:.2e}")
-    assert sequence_difference < 1e-4
+    print(
+        f"max abs difference: sequence_output {sequence_difference.max():.2e} "
+        f"(real tokens {sequence_difference[tokens].max():.2e}), pooled_output {pooled_difference:.2e}"
+    )
+    assert sequence_difference.max() < 1e-4
     assert pooled_difference < 1e-4
+    # Padded positions carry the larger part of the difference (transformers' own eager and
+    # SDPA attention differ there by as much); at real tokens the match is much closer.
+    assert sequence_difference[tokens].max() < 1e-5
 
 
 def test_minilm_directory_holds_vocabulary_and_uncased_settings(minilm_path, minilm_directory):
