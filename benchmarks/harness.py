@@ -1,0 +1,152 @@
+"""Side-by-side measurement: contenders in their own processes, measured in alternation.
+
+Each contender (kbert, keras-hub, Hugging Face) runs in a worker process of its own, since
+the Keras backend is fixed per process and frameworks must not share threads. The parent
+warms every worker up, then asks them in turn for one measurement, round after round, so
+that a slow patch of the machine hits every contender alike. Figures are medians over the
+rounds.
+
+A worker is a module with a `setup(options) -> measure` function; `measure()` does one
+timed unit of work and returns a dict of figures (e.g. `{"tokens_per_second": ...}`).
+"""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+BENCHMARKS_DIR = os.path.dirname(os.path.abspath(__file__))
+PROJECT_ROOT = os.path.dirname(BENCHMARKS_DIR)
+_REPLY_PREFIX = "@@kbert-benchmark "
+
+
+class Worker:
+    """A contender running `python -m benchmarks.harness MODULE OPTIONS` in a subprocess."""
+
+    def __init__(self, name, module, options, backend="tensorflow", environment=None):
+        self.name = name
+        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+        env.update(environment or {})
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.harness", module, json.dumps(options)],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self._read_reply()  # set up and warmed up
+
+    def _read_reply(self):
+        for line in self.process.stdout:
+            if line.startswith(_REPLY_PREFIX):
+                return json.loads(line[len(_REPLY_PREFIX):])
+        raise RuntimeError(f"benchmark worker {self.name} exited (code {self.process.wait()})")
+
+    def measure(self):
+        self.process.stdin.write("measure\n")
+        self.process.stdin.flush()
+        return self._read_reply()
+
+    def close(self):
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            self.process.wait(timeout=60)
+
+
+def run_alternating(contenders, rounds):
+    """Measures `contenders` ({name: (module, options, backend)}) in alternation.
+
+    Workers are started one at a time and only one measures at any moment. Returns
+    {name: {figure: median}} plus the raw rounds under "rounds".
+    """
+    workers = {}
+    try:
+        for name, (module, options, backend) in contenders.items():
+            print(f"  starting {name} ...", file=sys.stderr, flush=True)
+            workers[name] = Worker(name, module, options, backend)
+        samples = {name: [] for name in workers}
+        for round_index in range(rounds):
+            for name, worker in workers.items():
+                samples[name].append(worker.measure())
+            print(f"  round {round_index + 1}/{rounds} done", file=sys.stderr, flush=True)
+    finally:
+        for worker in workers.values():
+            worker.close()
+    results = {}
+    for name, rows in samples.items():
+        figures = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
+        figures["rounds"] = rows
+        results[name] = figures
+    return results
+
+
+def matmul_peak_gflops(dtype="float32", size=2048, repeats=20):
+    """The machine's matmul ceiling, in GFLOP/s, from TensorFlow (oneDNN on CPU)."""
+    import tensorflow as tf
+
+    a = tf.random.normal((size, size), dtype=tf.float32)
+    a = tf.cast(a, dtype)
+
+    @tf.function
+    def step(x):
+        for _ in range(repeats):
+            x = tf.matmul(x, a) * tf.cast(1e-3, dtype)
+        return x
+
+    step(a).numpy()
+    timings = []
+    for _ in range(5):
+        start = time.perf_counter()
+        step(a).numpy()
+        timings.append(time.perf_counter() - start)
+    return 2 * size**3 * repeats / statistics.median(timings) / 1e9
+
+
+def print_table(title, rows, columns):
+    """Prints rows (dicts) as an aligned text table."""
+    header = [title] + [label for label, _ in columns]
+    lines = [header] + [
+        [row["name"]] + [format_figure(row.get(key)) for _, key in columns] for row in rows
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for index, line in enumerate(lines):
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)))
+        if index == 0:
+            print("  ".join("-" * width for width in widths))
+
+
+def format_figure(value):
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
+
+
+def write_json(path, value):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump(value, file, indent=2)
+    print(f"wrote {path}")
+
+
+def _serve(module_name, options):
+    """Worker side: set up, warm up, then measure on each request from the parent."""
+    import importlib
+
+    module = importlib.import_module(module_name)
+    measure = module.setup(options)
+    print(_REPLY_PREFIX + json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "measure":
+            print(_REPLY_PREFIX + json.dumps(measure()), flush=True)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, PROJECT_ROOT)
+    _serve(sys.argv[1], json.loads(sys.argv[2]))

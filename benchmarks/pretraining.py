@@ -1,0 +1,224 @@
+"""Pretraining throughput: kbert vs keras-hub vs Hugging Face, side by side.
+
+    python -m benchmarks.pretraining [--size mini] [--rounds 5] [--steps 10]
+
+The same masked-LM work for every contender: a BERT of the given size, vocabulary 30,522,
+sequence 128, batch 32, 20 predictions per sequence, AdamW, one optimizer step per batch,
+in float32 and mixed_bfloat16. Reports training tokens/s (medians over alternating rounds),
+the kbert/peer ratios and kbert's model FLOP utilisation against the machine's measured
+matmul peak.
+"""
+
+import argparse
+import time
+
+from benchmarks import harness
+
+VOCABULARY_SIZE = 30522
+
+
+def masked_lm_flops_per_step(
+    num_layers, hidden_dim, intermediate_dim, sequence_length, batch_size, num_predictions,
+    vocabulary_size=VOCABULARY_SIZE,
+):
+    """Training FLOPs of one masked-LM step, counted layer by layer (multiply-add = 2).
+
+    Per token and layer: query/key/value/output projections 4*2*H*H, feed-forward
+    2*2*H*I, attention scores and context 2*2*S*H. Per prediction: the transform 2*H*H and
+    the vocabulary projection 2*H*V. The pooler is not trained by the masked-LM loss.
+    Backward costs twice the forward, so training is three times the forward count.
+    """
+    per_token_per_layer = (
+        8 * hidden_dim * hidden_dim
+        + 4 * hidden_dim * intermediate_dim
+        + 4 * sequence_length * hidden_dim
+    )
+    encoder = batch_size * sequence_length * num_layers * per_token_per_layer
+    head = batch_size * num_predictions * (2 * hidden_dim * hidden_dim + 2 * hidden_dim * vocabulary_size)
+    return 3 * (encoder + head)
+
+
+def _synthetic_batch(options):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    batch, length, predictions = options["batch_size"], options["sequence_length"], options["num_predictions"]
+    token_ids = rng.integers(1000, VOCABULARY_SIZE, (batch, length)).astype("int32")
+    mask_positions = np.sort(
+        np.stack([rng.choice(np.arange(1, length), predictions, replace=False) for _ in range(batch)]), 1
+    ).astype("int32")
+    mask_ids = np.take_along_axis(token_ids, mask_positions, 1)
+    token_ids[np.arange(batch)[:, None], mask_positions] = 103
+    x = {
+        "token_ids": token_ids,
+        "segment_ids": np.zeros_like(token_ids),
+        "padding_mask": np.ones_like(token_ids),
+        "mask_positions": mask_positions,
+    }
+    return x, mask_ids, np.ones(mask_ids.shape, "float32")
+
+
+def _keras_setup(options):
+    import keras
+    import tensorflow as tf
+
+    keras.config.set_dtype_policy(options["precision"])
+    keras.utils.set_random_seed(0)
+    size = dict(
+        vocabulary_size=VOCABULARY_SIZE,
+        num_layers=options["num_layers"],
+        num_heads=options["num_heads"],
+        hidden_dim=options["hidden_dim"],
+        intermediate_dim=options["intermediate_dim"],
+        max_sequence_length=512,
+    )
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    optimizer = keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.01)
+    if options["contender"] == "kbert":
+        import kbert
+
+        model = kbert.BertMaskedLM(kbert.BertBackbone(**size))
+        model.compile(
+            optimizer=optimizer, loss=loss, weighted_metrics=[], jit_compile=options["jit_compile"]
+        )
+    else:
+        import keras_hub
+
+        model = keras_hub.models.BertMaskedLM(keras_hub.models.BertBackbone(**size), preprocessor=None)
+        model.compile(optimizer=optimizer, loss=loss, weighted_metrics=[])
+    x, y, sample_weight = _synthetic_batch(options)
+    dataset = tf.data.Dataset.from_tensors((x, y, sample_weight)).repeat()
+    steps = options["steps"]
+    model.fit(dataset, steps_per_epoch=3, epochs=1, verbose=0)  # compile and warm up
+
+    def measure():
+        start = time.perf_counter()
+        model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
+        seconds = time.perf_counter() - start
+        return {"tokens_per_second": steps * options["batch_size"] * options["sequence_length"] / seconds}
+
+    return measure
+
+
+def _huggingface_setup(options):
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=VOCABULARY_SIZE,
+        hidden_size=options["hidden_dim"],
+        num_hidden_layers=options["num_layers"],
+        num_attention_heads=options["num_heads"],
+        intermediate_size=options["intermediate_dim"],
+    )
+    model = transformers.BertForMaskedLM(config).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    x, mask_ids, _ = _synthetic_batch(options)
+    labels = torch.full(x["token_ids"].shape, -100, dtype=torch.long)
+    positions = torch.as_tensor(x["mask_positions"], dtype=torch.long)
+    labels.scatter_(1, positions, torch.as_tensor(mask_ids, dtype=torch.long))
+    inputs = {
+        "input_ids": torch.as_tensor(x["token_ids"], dtype=torch.long),
+        "token_type_ids": torch.as_tensor(x["segment_ids"], dtype=torch.long),
+        "attention_mask": torch.as_tensor(x["padding_mask"], dtype=torch.long),
+        "labels": labels,
+    }
+    autocast = options["precision"] == "mixed_bfloat16"
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = model(**inputs).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(3):
+        step()
+
+    def measure():
+        start = time.perf_counter()
+        for _ in range(options["steps"]):
+            step()
+        seconds = time.perf_counter() - start
+        return {"tokens_per_second": options["steps"] * options["batch_size"] * options["sequence_length"] / seconds}
+
+    return measure
+
+
+def setup(options):
+    if options["contender"] == "huggingface":
+        return _huggingface_setup(options)
+    return _keras_setup(options)
+
+
+def run(size="mini", rounds=5, steps=10, precisions=("float32", "mixed_bfloat16"), kbert_backends=("tensorflow", "jax")):
+    import kbert
+
+    model_size = kbert.size_config(size)
+    base = dict(model_size, sequence_length=128, batch_size=32, num_predictions=20, steps=steps)
+    flops_per_step = masked_lm_flops_per_step(
+        model_size["num_layers"], model_size["hidden_dim"], model_size["intermediate_dim"],
+        base["sequence_length"], base["batch_size"], base["num_predictions"],
+    )
+    tokens_per_step = base["batch_size"] * base["sequence_length"]
+    report = {"size": size, "config": base, "flops_per_step": flops_per_step, "precisions": {}}
+    for precision in precisions:
+        peak = harness.matmul_peak_gflops("bfloat16" if precision == "mixed_bfloat16" else "float32")
+        contenders = {}
+        for backend in kbert_backends:
+            contenders[f"kbert ({backend})"] = (
+                "benchmarks.pretraining",
+                dict(base, contender="kbert", precision=precision, jit_compile=backend == "jax"),
+                backend,
+            )
+        contenders["keras-hub (tensorflow)"] = (
+            "benchmarks.pretraining", dict(base, contender="keras_hub", precision=precision), "tensorflow"
+        )
+        contenders["transformers (torch)"] = (
+            "benchmarks.pretraining", dict(base, contender="huggingface", precision=precision), "torch"
+        )
+        print(f"pretraining, {size}, {precision}: matmul peak {peak:.0f} GFLOP/s", flush=True)
+        results = harness.run_alternating(contenders, rounds)
+        best_kbert = max(
+            (name for name in results if name.startswith("kbert")),
+            key=lambda name: results[name]["tokens_per_second"],
+        )
+        rows = []
+        for name, figures in results.items():
+            tokens_per_second = figures["tokens_per_second"]
+            gflops = tokens_per_second / tokens_per_step * flops_per_step / 1e9
+            rows.append(
+                {
+                    "name": name,
+                    "tokens_per_second": tokens_per_second,
+                    "model_gflops": gflops,
+                    "mfu": gflops / peak,
+                    "kbert_ratio": results[best_kbert]["tokens_per_second"] / tokens_per_second,
+                    "rounds": figures["rounds"],
+                }
+            )
+        harness.print_table(
+            f"{precision} (peak {peak:.0f} GFLOP/s)",
+            rows,
+            [("tokens/s", "tokens_per_second"), ("model GFLOP/s", "model_gflops"),
+             ("MFU", "mfu"), (f"{best_kbert} / this", "kbert_ratio")],
+        )
+        report["precisions"][precision] = {"matmul_peak_gflops": peak, "best_kbert": best_kbert, "rows": rows}
+    return report
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="mini")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10, help="training steps per measurement")
+    parser.add_argument("--precision", action="append", help="float32 and/or mixed_bfloat16")
+    parser.add_argument("--output", default="benchmarks/results/pretraining.json")
+    args = parser.parse_args()
+    report = run(args.size, args.rounds, args.steps, tuple(args.precision or ("float32", "mixed_bfloat16")))
+    harness.write_json(args.output, report)
+
+
+if __name__ == "__main__":
+    main()
