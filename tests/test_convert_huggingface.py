@@ -134,6 +134,53 @@ def test_minilm_matches_transformers(minilm_path, minilm_directory, pairs):
     assert sequence_difference[tokens].max() < 1e-5
 
 
+def test_sentence_embeddings_end_to_end(minilm_path, minilm_directory, shared_data):
+    """kbert's tokenizer and converted model against transformers' tokenizer and model on SST-2
+    dev: the token ids of every sentence, and the mean-pooled sentence embeddings (as
+    sentence-transformers computes them) of every fourth sentence by length, to keep it quick."""
+    import tensorflow as tf
+
+    lines = (shared_data / "glue" / "SST-2" / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    sentences = sorted((line.split("\t")[0] for line in lines), key=len)  # similar lengths batch together
+    preprocessor = kbert.BertPreprocessor(kbert.BertTokenizer.from_model_dir(minilm_directory), sequence_length=128)
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path)
+
+    def encode(batch):
+        inputs = {key: value.numpy() for key, value in preprocessor(tf.constant(batch)).items()}
+        length = int(inputs["padding_mask"].sum(axis=1).max())
+        inputs = {key: value[:, :length] for key, value in inputs.items()}
+        encoded = hf_tokenizer(batch, padding=True, truncation=True, max_length=128, return_tensors="np")
+        np.testing.assert_array_equal(inputs["token_ids"], encoded["input_ids"])
+        np.testing.assert_array_equal(inputs["padding_mask"], encoded["attention_mask"])
+        return inputs, encoded
+
+    for start in range(0, len(sentences), 128):
+        encode(sentences[start : start + 128])
+
+    def mean_pooled(hidden, padding_mask):
+        mask = padding_mask[:, :, None].astype("float32")
+        return (hidden * mask).sum(axis=1) / mask.sum(axis=1)
+
+    model = kbert.load(minilm_directory)
+    hf_model = transformers.BertModel.from_pretrained(minilm_path).eval()
+    sample = sentences[::4]
+    largest_difference = 0.0
+    for start in range(0, len(sample), 64):
+        inputs, encoded = encode(sample[start : start + 64])
+        with torch.no_grad():
+            expected = hf_model(**{key: torch.tensor(value) for key, value in encoded.items()}).last_hidden_state
+        actual = to_numpy(model(inputs)["sequence_output"])
+        difference = np.abs(
+            mean_pooled(actual, inputs["padding_mask"]) - mean_pooled(expected.numpy(), encoded["attention_mask"])
+        ).max()
+        largest_difference = max(largest_difference, float(difference))
+    print(
+        f"{len(sentences)} SST-2 dev sentences tokenized alike; mean-pooled embeddings of {len(sample)}: "
+        f"max abs difference {largest_difference:.2e}"
+    )
+    assert largest_difference < 1e-4
+
+
 def test_minilm_directory_holds_vocabulary_and_uncased_settings(minilm_path, minilm_directory):
     config = json.loads((minilm_directory / "config.json").read_text())
     assert config["tokenizer"]["lowercase"] is True
