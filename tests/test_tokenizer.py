@@ -238,6 +238,7 @@ def wikitext_vocabulary(shared_data, tmp_path_factory):
     return output
 
 
+@pytest.mark.slow
 def test_vocab_command_puts_special_tokens_first(wikitext_vocabulary):
     vocabulary = wikitext_vocabulary.read_text(encoding="utf-8").splitlines()
     assert vocabulary[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -246,6 +247,7 @@ def test_vocab_command_puts_special_tokens_first(wikitext_vocabulary):
     assert any(token.startswith("##") for token in vocabulary)
 
 
+@pytest.mark.slow
 def test_trained_vocabulary_covers_held_out_text(shared_data, wikitext_vocabulary):
     tokenizer = BertTokenizer(str(wikitext_vocabulary))
     held_out = _read_lines(shared_data / "corpus" / "wikitext2_test.txt")

@@ -1,0 +1,273 @@
+"""Data sources: kbert's TFDS builders for local files, named TFDS datasets, the GLUE table."""
+
+import logging
+import os
+
+import pytest
+import tensorflow as tf
+
+from kbert.data import GLUE_TASKS, glue_task, load_documents, load_labeled_texts
+
+
+def _write(path, text, encoding="utf-8"):
+    path.write_bytes(text if isinstance(text, bytes) else text.encode(encoding))
+    return str(path)
+
+
+def _examples(labeled_texts):
+    return [
+        {key: value.decode() if isinstance(value, bytes) else value for key, value in example.items()}
+        for example in labeled_texts.dataset.as_numpy_iterator()
+    ]
+
+
+# === Text corpora ===
+
+
+def test_text_corpus_splits_documents_on_blank_lines_and_titles(tmp_path):
+    corpus = _write(
+        tmp_path / "corpus.txt",
+        " = First article = \n \n First paragraph .\n Still first .\n\n"
+        " = = Section = = \n \n Section text .\n\nLast document\n",
+    )
+    documents = load_documents(corpus, data_dir=str(tmp_path / "tfds"))
+    assert [d.decode() for d in documents.as_numpy_iterator()] == [
+        "First article\nFirst paragraph .\nStill first .",
+        "Section\nSection text .",
+        "Last document",
+    ]
+
+
+def test_local_files_are_prepared_once_and_reused(tmp_path, monkeypatch):
+    from kbert.data import builders
+
+    corpus = _write(tmp_path / "corpus.txt", "one document\n\nanother one\n")
+    data_dir = str(tmp_path / "tfds")
+    first = list(load_documents(corpus, data_dir=data_dir).as_numpy_iterator())
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the corpus was prepared a second time")
+
+    monkeypatch.setattr(builders.TextCorpus, "_generate_examples", must_not_run)
+    monkeypatch.setattr(builders, "read_documents", must_not_run)
+    second = list(load_documents(corpus, data_dir=data_dir).as_numpy_iterator())
+    assert second == first == [b"one document", b"another one"]
+    assert len(os.listdir(os.path.join(data_dir, "text_corpus"))) == 1
+
+    # An edited file is a different dataset, prepared anew.
+    monkeypatch.undo()
+    _write(tmp_path / "corpus.txt", "changed text\n")
+    assert list(load_documents(corpus, data_dir=data_dir).as_numpy_iterator()) == [b"changed text"]
+    assert len(os.listdir(os.path.join(data_dir, "text_corpus"))) == 2
+
+
+def test_several_text_files_and_splits(tmp_path):
+    first = _write(tmp_path / "a.txt", "alpha\n")
+    second = _write(tmp_path / "b.txt", "beta\n\ngamma\n")
+    held_out = _write(tmp_path / "c.txt", "delta\n")
+    files = {"train": [first, second], "validation": held_out}
+    data_dir = str(tmp_path / "tfds")
+    train = load_documents(files, split="train", data_dir=data_dir)
+    assert list(train.as_numpy_iterator()) == [b"alpha", b"beta", b"gamma"]
+    validation = load_documents(files, split="validation", data_dir=data_dir)
+    assert list(validation.as_numpy_iterator()) == [b"delta"]
+    with pytest.raises(ValueError, match="no split 'test'"):
+        load_documents(files, split="test", data_dir=data_dir)
+
+
+def test_real_corpus_round_trips(shared_data, tmp_path):
+    path = shared_data / "corpus" / "wikitext2_valid.txt"
+    documents = [d.decode() for d in load_documents(str(path), data_dir=str(tmp_path)).as_numpy_iterator()]
+    assert documents[0].startswith("Homarus gammarus\nHomarus gammarus , known as the European lobster")
+    # Every line of the file is in a document, in order: headings as their title, text as is.
+    expected = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip().startswith("= "):
+            expected.append(line.strip().strip("= ").strip())
+        elif line.strip():
+            expected.append(line.strip())
+    assert [line for document in documents for line in document.split("\n")] == expected
+
+
+# === Delimited classification files ===
+
+
+def test_tsv_with_header_and_names(tmp_path):
+    path = _write(tmp_path / "train.tsv", "sentence\tlabel\na fine film\t1\n\"quoted\" text\t0\n")
+    data = load_labeled_texts(path, data_dir=str(tmp_path / "tfds"), label_names=["negative", "positive"])
+    assert data.label_names == ("negative", "positive") and data.num_classes == 2
+    assert data.num_examples == 2 and not data.has_text_pair
+    assert _examples(data) == [{"text": "a fine film", "label": 1}, {"text": '"quoted" text', "label": 0}]
+
+
+def test_csv_without_header_by_index_with_string_labels(tmp_path):
+    path = _write(
+        tmp_path / "pairs.csv",
+        'x,"first, with a comma",second,yes\n'
+        'y,"a ""quoted"" word",other,no\n',
+    )
+    data = load_labeled_texts(path, text_columns=[1, 2], label_column=3, data_dir=str(tmp_path / "tfds"))
+    assert data.label_names == ("no", "yes")  # read from the file, sorted
+    assert data.has_text_pair
+    assert _examples(data) == [
+        {"text": "first, with a comma", "text_pair": "second", "label": 1},
+        {"text": 'a "quoted" word', "text_pair": "other", "label": 0},
+    ]
+
+
+def test_integer_labels_sort_numerically_and_regression_reads_floats(tmp_path):
+    path = _write(tmp_path / "stars.tsv", "text\tlabel\na\t10\nb\t2\nc\t1\n")
+    data = load_labeled_texts(path, data_dir=str(tmp_path / "tfds"))
+    assert data.label_names == ("1", "2", "10")
+    assert [example["label"] for example in _examples(data)] == [2, 1, 0]
+
+    scores = _write(tmp_path / "scores.tsv", "sentence1\tsentence2\tscore\na\tb\t3.5\nc\td\t0\n")
+    data = load_labeled_texts(scores, label_column="score", regression=True, data_dir=str(tmp_path / "tfds"))
+    assert data.label_names is None and data.num_classes == 1
+    labels = [example["label"] for example in data.dataset.as_numpy_iterator()]
+    assert labels == [3.5, 0.0]
+    assert data.dataset.element_spec["label"].dtype == tf.float32
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("empty.tsv", b"", r"empty\.tsv, line 1: the file is empty"),
+        (
+            "binary.tsv",
+            b"sentence\tlabel\ngood\t1\nbad \xff\xfe bytes\t0\n",
+            r"binary\.tsv, line 3: bytes that are not UTF-8 \(0xff at column 5\)",
+        ),
+        (
+            "short.tsv",
+            b"sentence\tlabel\ngood\t1\nno label column here\n",
+            r"short\.tsv, line 3: expected at least 2 columns, found 1",
+        ),
+        ("missing.tsv", b"sentence\tlabel\ngood\t1\nbad\t \n", r"missing\.tsv, line 3: missing label"),
+        (
+            "unknown.tsv",
+            b"sentence\tlabel\ngood\t1\nbad\tmaybe\n",
+            r"unknown\.tsv, line 3: unknown label 'maybe'; expected one of: negative, positive",
+        ),
+        (
+            "header.tsv",
+            b"text\tlabel\ngood\t1\n",
+            r"header\.tsv, line 1: no column named 'sentence' in the header",
+        ),
+    ],
+)
+def test_bad_delimited_files_name_file_and_line(tmp_path, name, content, message):
+    path = _write(tmp_path / name, content)
+    with pytest.raises(ValueError, match=message) as error:
+        load_labeled_texts(path, task="sst2", data_dir=str(tmp_path / "tfds"))
+    assert "\n" not in str(error.value)
+    assert not list((tmp_path / "tfds").glob("delimited_file/*/1.0.0"))  # nothing half-prepared
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("empty.txt", b"", r"empty\.txt, line 1: the file is empty"),
+        ("blank.txt", b"\n  \n\n", r"blank\.txt, line 1: the file is empty"),
+        ("binary.txt", b"fine\n\nfine again\n\x80oops\n", r"binary\.txt, line 4: bytes that are not UTF-8"),
+    ],
+)
+def test_bad_text_files_name_file_and_line(tmp_path, name, content, message):
+    path = _write(tmp_path / name, content)
+    with pytest.raises(ValueError, match=message):
+        load_documents(path, data_dir=str(tmp_path / "tfds"))
+
+
+def test_missing_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.txt"):
+        load_documents(str(tmp_path / "nowhere.txt"), data_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.tsv"):
+        load_labeled_texts(str(tmp_path / "nowhere.tsv"), task="sst2", data_dir=str(tmp_path))
+
+
+def test_skipped_rows_are_counted_and_reported(tmp_path, caplog):
+    path = _write(
+        tmp_path / "noisy.tsv",
+        "sentence\tlabel\ngood\t1\n\nno label\nbad\t0\nworse\tmaybe\n",
+    )
+    with caplog.at_level(logging.WARNING, logger="kbert"):
+        data = load_labeled_texts(path, task="sst2", skip_bad_rows=True, data_dir=str(tmp_path / "tfds"))
+    assert [example["text"] for example in _examples(data)] == ["good", "bad"]
+    assert "skipped 3 rows" in caplog.text and "noisy.tsv, line 3: blank line" in caplog.text
+    # Reported again when the prepared data is reused.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="kbert"):
+        load_labeled_texts(path, task="sst2", skip_bad_rows=True, data_dir=str(tmp_path / "tfds"))
+    assert "3 rows were skipped" in caplog.text
+
+
+# === GLUE ===
+
+
+def test_glue_table_covers_every_task():
+    assert set(GLUE_TASKS) == {"sst2", "cola", "mrpc", "rte", "qnli", "stsb", "qqp", "mnli", "wnli"}
+    assert glue_task("SST-2") is glue_task("glue/sst2") is GLUE_TASKS["sst2"]
+    assert glue_task("stsb").num_classes == 1 and glue_task("stsb").metric == "pearson_spearman"
+    assert glue_task("cola").metric == "matthews_correlation" and glue_task("cola").header is False
+    assert glue_task("mrpc").metric == "f1" and glue_task("mnli").num_classes == 3
+    with pytest.raises(ValueError, match="Unknown GLUE task 'sst3'"):
+        glue_task("sst3")
+
+
+@pytest.mark.parametrize(
+    "task, directory, num_examples, first_label",
+    [("sst2", "SST-2", 872, "positive"), ("cola", "CoLA", 1043, "acceptable"), ("rte", "RTE", 277, "not_entailment")],
+)
+def test_glue_tsv_files_read_with_the_table(shared_data, tmp_path, task, directory, num_examples, first_label):
+    data = load_labeled_texts(
+        str(shared_data / "glue" / directory), split="validation", task=task, data_dir=str(tmp_path)
+    )
+    examples = _examples(data)
+    assert data.num_examples == len(examples) == num_examples
+    assert data.label_names == glue_task(task).label_names
+    assert data.label_names[examples[0]["label"]] == first_label
+    assert data.has_text_pair == (task == "rte")
+    assert data.task is glue_task(task)
+
+
+# === Named TFDS datasets ===
+
+
+def test_named_tfds_dataset_through_mock_data(tmp_path):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=7):
+        data = load_labeled_texts("glue/sst2", split="train", data_dir=str(tmp_path))
+        examples = list(data.dataset.take(7).as_numpy_iterator())
+        documents = load_documents("imdb_reviews", split="train", data_dir=str(tmp_path))
+        texts = list(documents.take(3).as_numpy_iterator())
+    assert data.label_names == ("negative", "positive") and data.task is glue_task("sst2")
+    assert len(examples) == 7 and set(examples[0]) == {"text", "label"}
+    assert all(example["label"] in (0, 1) for example in examples)
+    assert len(texts) == 3 and all(isinstance(text, bytes) for text in texts)
+
+
+def test_named_tfds_dataset_with_wrong_feature(tmp_path):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=2):
+        with pytest.raises(ValueError, match="glue/sst2 has no feature 'text'"):
+            load_documents("glue/sst2", data_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="neither a local file nor a TFDS dataset"):
+        load_documents("no_such_dataset_anywhere", data_dir=str(tmp_path))
+
+
+def test_sharding_per_input_pipeline(tmp_path):
+    corpus = _write(tmp_path / "corpus.txt", "\n\n".join(f"document {i}" for i in range(10)) + "\n")
+    shards = [
+        list(
+            load_documents(
+                corpus,
+                data_dir=str(tmp_path / "tfds"),
+                input_context=tf.distribute.InputContext(num_input_pipelines=3, input_pipeline_id=index),
+            ).as_numpy_iterator()
+        )
+        for index in range(3)
+    ]
+    assert [len(shard) for shard in shards] == [4, 3, 3]
+    assert sorted(sum(shards, [])) == sorted(f"document {i}".encode() for i in range(10))
