@@ -69,11 +69,16 @@ class SavedModelServer:
                 f"Signature {signature_name!r} takes the inputs {sorted(expected)}. "
                 f"Received: {sorted(inputs)}"
             )
-        tensors = {
-            name: tf.constant(value, dtype=tf.dtypes.as_dtype(signature_def.inputs[name].dtype))
-            for name, value in inputs.items()
-        }
-        outputs = self._loaded.signatures[signature_name](**tensors)
+        try:
+            tensors = {
+                name: tf.constant(value, dtype=tf.dtypes.as_dtype(signature_def.inputs[name].dtype))
+                for name, value in inputs.items()
+            }
+            outputs = self._loaded.signatures[signature_name](**tensors)
+        except (TypeError, ValueError, tf.errors.InvalidArgumentError) as error:
+            # What TF Serving answers with 400 Bad Request, in one line.
+            message = getattr(error, "message", str(error)).strip().splitlines()[0]
+            raise ValueError(f"Signature {signature_name!r} rejected the request: {message}") from None
         return {name: tensor.numpy() for name, tensor in outputs.items()}
 
     def method_name(self, signature_name):
