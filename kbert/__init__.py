@@ -5,6 +5,12 @@ Serving. Model code uses only `keras` and `keras.ops`, so it runs on the TensorF
 and PyTorch backends.
 """
 
+import os
+
+# TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) buries kbert's own output; an
+# explicit TF_CPP_MIN_LOG_LEVEL set by the user still wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 from kbert.backbone import BertBackbone
 from kbert.classifier import BertClassifier
 from kbert.export import export

@@ -48,14 +48,14 @@ def save(model, directory, vocabulary, tokenizer=None, task=None):
     config = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "model": _architecture(model),
+        "model": architecture(model),
         "tokenizer": {"vocabulary": VOCABULARY_FILE, **(tokenizer or {})},
         "task": task,
     }
     _write_json(os.path.join(directory, CONFIG_FILE), config)
 
 
-def _architecture(model):
+def architecture(model):
     # Only the architecture: compile settings belong to whoever trains the model next.
     serialized = keras.saving.serialize_keras_object(model)
     for key in ("compile_config", "build_config"):

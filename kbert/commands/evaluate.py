@@ -1,0 +1,38 @@
+"""`kbert evaluate`: score a kbert model directory on labeled data or held-out text."""
+
+import json
+
+from kbert.commands import options
+
+HELP = "Score a model directory on data; prints the metrics as JSON on the last line."
+
+
+def add_arguments(parser):
+    parser.add_argument("--model", required=True, metavar="DIR", help="a kbert model directory")
+    parser.add_argument("--data", required=True, nargs="+", metavar="FILE",
+                        help="a TSV/CSV file (or a TFDS name) for a classifier; .txt files for a masked LM")
+    parser.add_argument("--task", default=None, help="a GLUE task (default: the model's own)")
+    parser.add_argument("--split", default="validation", help="TFDS split (default: validation)")
+    parser.add_argument("--data-dir", default=None, help="TFDS data directory")
+    parser.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
+    parser.add_argument("--steps", type=int, default=None, help="score only this many batches")
+    options.add_column_arguments(parser)
+
+
+def run(args):
+    from kbert import workflows
+
+    data = args.data if len(args.data) > 1 else args.data[0]
+    column_options = options.column_options(args)
+    metrics = workflows.evaluate(
+        args.model,
+        data,
+        task=args.task,
+        split=args.split,
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        **column_options,
+    )
+    print(json.dumps(metrics))
+    return 0

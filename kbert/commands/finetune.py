@@ -1,0 +1,61 @@
+"""`kbert finetune`: fine-tune a pretrained BERT as a text classifier."""
+
+import json
+
+from kbert.commands import options
+
+HELP = "Fine-tune a kbert model directory as a classifier on a GLUE task, a TSV/CSV file or TFDS."
+
+
+def add_arguments(parser):
+    parser.add_argument("--task", default=None,
+                        help="a GLUE task (sst2, cola, mrpc, rte, qnli, stsb, qqp, mnli, wnli): "
+                        "sets columns, labels and metric")
+    train = parser.add_mutually_exclusive_group(required=True)
+    train.add_argument("--train", metavar="FILE", help="training TSV/CSV file")
+    train.add_argument("--tfds", metavar="NAME", help="a TFDS dataset, e.g. glue/sst2")
+    parser.add_argument("--validation", metavar="FILE", default=None,
+                        help="validation TSV/CSV file (with --tfds: its validation split)")
+    parser.add_argument("--train-split", default="train", help="TFDS training split")
+    parser.add_argument("--validation-split", default="validation", help="TFDS validation split")
+    parser.add_argument("--data-dir", default=None, help="TFDS data directory")
+    parser.add_argument("--label-names", default=None,
+                        help="comma-separated class names in id order (default: read from the data)")
+    parser.add_argument("--regression", action="store_true",
+                        help="labels are numbers, one output (STS-B style)")
+    options.add_column_arguments(parser)
+    parser.add_argument("--init", required=True, metavar="DIR",
+                        help="kbert model directory to start from (pretrain, finetune or convert)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs (default: 3)")
+    parser.add_argument("--warmup-ratio", type=float, default=0.1,
+                        help="share of steps in linear warmup (default: 0.1)")
+    parser.add_argument("--no-bucketing", action="store_true",
+                        help="pad every batch to --sequence-length (fixed shapes, e.g. for TPUs)")
+    parser.add_argument("--output", required=True, metavar="DIR", help="the model directory to write")
+    options.add_training_arguments(parser, learning_rate=5e-5)
+
+
+def run(args):
+    from kbert import workflows
+
+    _, metrics = workflows.finetune(
+        args.output,
+        args.init,
+        args.train if args.train else args.tfds,
+        validation=args.validation,
+        task=args.task,
+        label_names=args.label_names.split(",") if args.label_names else None,
+        regression=args.regression,
+        train_split=args.train_split,
+        validation_split=args.validation_split,
+        data_dir=args.data_dir,
+        epochs=args.epochs,
+        bucket=not args.no_bucketing,
+        warmup_ratio=args.warmup_ratio,
+        **options.column_options(args),
+        **options.training_options(args),
+    )
+    print(f"Fine-tuned model saved in {args.output}")
+    print(f"Next: kbert export --model {args.output} --output saved_models/NAME")
+    print(json.dumps(metrics))
+    return 0

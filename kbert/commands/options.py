@@ -1,0 +1,108 @@
+"""Flags shared by the training subcommands (pretrain, finetune, quickstart)."""
+
+import argparse
+
+
+def add_training_arguments(parser, learning_rate, batch_size=32):
+    group = parser.add_argument_group("training")
+    group.add_argument("--batch-size", type=int, default=batch_size,
+                       help=f"global batch size, split over replicas (default: {batch_size})")
+    group.add_argument("--sequence-length", type=int, default=128,
+                       help="tokens per sequence, [CLS] and [SEP] included (default: 128)")
+    group.add_argument("--optimizer", default="adamw", choices=("adamw", "lamb"),
+                       help="optimizer (default: adamw)")
+    group.add_argument("--learning-rate", type=float, default=learning_rate,
+                       help=f"peak learning rate after warmup (default: {learning_rate})")
+    group.add_argument("--weight-decay", type=float, default=0.01,
+                       help="decoupled weight decay, not applied to LayerNorm and biases (default: 0.01)")
+    group.add_argument("--gradient-accumulation-steps", type=int, default=None,
+                       help="sum gradients over this many batches before each update")
+    group.add_argument("--dropout", type=float, default=0.1, help="dropout rate (default: 0.1)")
+    group.add_argument("--precision", default="float32",
+                       choices=("float32", "mixed_bfloat16", "mixed_float16"),
+                       help="dtype policy (default: float32)")
+    group.add_argument("--jit-compile", default="auto", type=_auto_or_bool,
+                       help="XLA: auto, true or false (default: auto, Keras' choice per device)")
+    group.add_argument("--backup-every", type=int, default=None,
+                       help="back up the training state every N steps, as well as at epoch ends")
+    group.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    group.add_argument("--quiet", action="store_true", help="one line per epoch, no progress bar")
+
+    group = parser.add_argument_group("distribution")
+    group.add_argument("--strategy", default="auto",
+                       choices=("auto", "cpu", "gpu", "mirrored", "tpu", "one_device"),
+                       help="devices to train on (default: auto: TPU, else all GPUs, else CPU)")
+    group.add_argument("--coordinator-address", default=None,
+                       help="host:port of process 0 for multi-process JAX training")
+    group.add_argument("--num-processes", type=int, default=None,
+                       help="processes training together (JAX)")
+    group.add_argument("--process-id", type=int, default=None,
+                       help="this process's index, 0 to --num-processes - 1 (JAX)")
+    group.add_argument("--model-parallel", type=int, default=1,
+                       help="devices each model replica is sharded over (JAX; default: 1)")
+
+
+def training_options(args):
+    """The keyword arguments of kbert.workflows.pretrain / finetune shared by both."""
+    return dict(
+        batch_size=args.batch_size,
+        sequence_length=args.sequence_length,
+        optimizer=args.optimizer,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        dropout=args.dropout,
+        precision=args.precision,
+        jit_compile=args.jit_compile,
+        backup_every=args.backup_every,
+        seed=args.seed,
+        strategy=args.strategy,
+        distribution_options=dict(
+            coordinator_address=args.coordinator_address,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+            model_parallel=args.model_parallel,
+        ),
+        verbose=2 if args.quiet else "auto",
+    )
+
+
+def add_column_arguments(parser):
+    group = parser.add_argument_group("columns (for files other than a GLUE task's)")
+    group.add_argument("--text-column", default=None,
+                       help="the text column: header name or 0-based index")
+    group.add_argument("--text-pair-column", default=None,
+                       help="the second text column, for sentence-pair tasks")
+    group.add_argument("--label-column", default=None,
+                       help="the label column: header name or 0-based index (default: label)")
+    group.add_argument("--header", action=argparse.BooleanOptionalAction, default=None,
+                       help="whether the file's first line names its columns")
+    group.add_argument("--delimiter", default=None,
+                       help="field delimiter (default: from the extension: tab for .tsv, comma for .csv)")
+
+
+def column_options(args):
+    text_columns = [column for column in (args.text_column, args.text_pair_column) if column is not None]
+    if args.text_pair_column is not None and args.text_column is None:
+        from kbert.cli import UsageError
+
+        raise UsageError("--text-pair-column needs --text-column")
+    return dict(
+        text_columns=[_index_or_name(column) for column in text_columns] or None,
+        label_column=_index_or_name(args.label_column),
+        header=args.header,
+        delimiter=args.delimiter,
+    )
+
+
+def _index_or_name(column):
+    if column is None:
+        return None
+    return int(column) if str(column).isdigit() else column
+
+
+def _auto_or_bool(value):
+    lowered = value.lower()
+    if lowered in ("auto", "true", "false"):
+        return lowered if lowered == "auto" else lowered == "true"
+    raise argparse.ArgumentTypeError(f"expected auto, true or false, got {value!r}")

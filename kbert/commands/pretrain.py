@@ -1,0 +1,64 @@
+"""`kbert pretrain`: pretrain a BERT masked LM on your own text."""
+
+import argparse
+
+from kbert.commands import options
+
+HELP = "Pretrain a BERT masked LM from scratch on .txt files or a TFDS dataset."
+
+
+def add_arguments(parser):
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", nargs="+", metavar="FILE",
+                        help=".txt files; blank lines and '= Title =' lines separate documents")
+    source.add_argument("--tfds", metavar="NAME", help="a TFDS dataset, e.g. wikipedia/20230601.en")
+    parser.add_argument("--split", default="train", help="TFDS split (default: train)")
+    parser.add_argument("--text-key", default="text", help="TFDS text feature (default: text)")
+    parser.add_argument("--data-dir", default=None, help="TFDS data directory")
+    parser.add_argument("--vocab", required=True, metavar="FILE", help="vocab.txt (see kbert vocab)")
+    parser.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=True,
+                        help="lowercase text, for an uncased vocabulary (default: yes)")
+    parser.add_argument("--size", default="mini",
+                        help="tiny, mini, small, medium, base, large or L{layers}_H{hidden} (default: mini)")
+    parser.add_argument("--steps", type=int, required=True, help="training steps")
+    parser.add_argument("--steps-per-epoch", type=int, default=None,
+                        help="steps between logs, validation and backups (default: min(steps, 500))")
+    parser.add_argument("--warmup-steps", type=int, default=None,
+                        help="linear warmup steps (default: 10%% of --steps)")
+    parser.add_argument("--num-predictions", type=int, default=None,
+                        help="masked positions per sequence (default: 15%% of --sequence-length)")
+    parser.add_argument("--whole-word-masking", action="store_true",
+                        help="mask all WordPieces of a word together")
+    parser.add_argument("--next-sentence-prediction", action="store_true",
+                        help="add BERT's next-sentence-prediction task")
+    parser.add_argument("--validation", nargs="+", metavar="FILE", default=None,
+                        help="held-out .txt files scored at each epoch end")
+    parser.add_argument("--output", required=True, metavar="DIR", help="the model directory to write")
+    options.add_training_arguments(parser, learning_rate=1e-4)
+
+
+def run(args):
+    from kbert import workflows
+
+    workflows.pretrain(
+        args.output,
+        args.vocab,
+        args.input if args.input else args.tfds,
+        args.steps,
+        size=args.size,
+        lowercase=args.lowercase,
+        num_predictions=args.num_predictions,
+        whole_word_masking=args.whole_word_masking,
+        next_sentence_prediction=args.next_sentence_prediction,
+        validation=args.validation,
+        steps_per_epoch=args.steps_per_epoch,
+        warmup_steps=args.warmup_steps,
+        split=args.split,
+        text_key=args.text_key,
+        data_dir=args.data_dir,
+        **options.training_options(args),
+    )
+    print(f"Pretrained model saved in {args.output}")
+    print(f"Next: kbert finetune --task sst2 --train TRAIN.tsv --validation DEV.tsv "
+          f"--init {args.output} --output DIR")
+    return 0
