@@ -95,10 +95,15 @@ def minilm_directory(minilm_path, tmp_path_factory):
     return output
 
 
-def minilm_reference(minilm_path, first, second=None):
+@pytest.fixture(scope="module")
+def minilm_transformers(minilm_path):
     tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path)
+    return tokenizer, transformers.BertModel.from_pretrained(minilm_path).eval()
+
+
+def minilm_reference(minilm_transformers, first, second=None):
+    tokenizer, model = minilm_transformers
     encoded = tokenizer(first, second, padding=True, return_tensors="np")
-    model = transformers.BertModel.from_pretrained(minilm_path).eval()
     with torch.no_grad():
         outputs = model(**{key: torch.tensor(value) for key, value in encoded.items()})
     inputs = {
@@ -111,9 +116,9 @@ def minilm_reference(minilm_path, first, second=None):
 
 @pytest.mark.backends
 @pytest.mark.parametrize("pairs", [False, True], ids=["sentences", "sentence_pairs"])
-def test_minilm_matches_transformers(minilm_path, minilm_directory, pairs):
+def test_minilm_matches_transformers(minilm_transformers, minilm_directory, pairs):
     inputs, sequence_reference, pooled_reference = minilm_reference(
-        minilm_path, SENTENCES, SECOND_SENTENCES if pairs else None
+        minilm_transformers, SENTENCES, SECOND_SENTENCES if pairs else None
     )
     assert inputs["padding_mask"].min() == 0, "the batch should contain padding"
     assert inputs["segment_ids"].max() == (1 if pairs else 0)
@@ -134,7 +139,7 @@ def test_minilm_matches_transformers(minilm_path, minilm_directory, pairs):
     assert sequence_difference[tokens].max() < 1e-5
 
 
-def test_sentence_embeddings_end_to_end(minilm_path, minilm_directory, shared_data):
+def test_sentence_embeddings_end_to_end(minilm_transformers, minilm_directory, shared_data):
     """kbert's tokenizer and converted model against transformers' tokenizer and model on SST-2
     dev: the token ids of every sentence, and the mean-pooled sentence embeddings (as
     sentence-transformers computes them) of every fourth sentence by length, to keep it quick."""
@@ -143,7 +148,7 @@ def test_sentence_embeddings_end_to_end(minilm_path, minilm_directory, shared_da
     lines = (shared_data / "glue" / "SST-2" / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]
     sentences = sorted((line.split("\t")[0] for line in lines), key=len)  # similar lengths batch together
     preprocessor = kbert.BertPreprocessor(kbert.BertTokenizer.from_model_dir(minilm_directory), sequence_length=128)
-    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path)
+    hf_tokenizer, hf_model = minilm_transformers
 
     def encode(batch):
         inputs = {key: value.numpy() for key, value in preprocessor(tf.constant(batch)).items()}
@@ -162,7 +167,6 @@ def test_sentence_embeddings_end_to_end(minilm_path, minilm_directory, shared_da
         return (hidden * mask).sum(axis=1) / mask.sum(axis=1)
 
     model = kbert.load(minilm_directory)
-    hf_model = transformers.BertModel.from_pretrained(minilm_path).eval()
     sample = sentences[::4]
     largest_difference = 0.0
     for start in range(0, len(sample), 64):

@@ -65,6 +65,7 @@ def randomize(model, seed=0):
         variable.assign(rng.normal(0.0, 0.2, variable.shape).astype("float32") + keras.ops.convert_to_numpy(variable))
 
 
+@pytest.mark.slow
 def test_minilm_to_keras_hub_and_back(minilm_path, tmp_path):
     transformers = pytest.importorskip("transformers")
     from_huggingface(minilm_path, tmp_path / "kbert")
