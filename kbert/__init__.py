@@ -12,6 +12,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from kbert.backbone import BertBackbone
+from kbert import convert
 from kbert.classifier import BertClassifier
 from kbert.export import export
 from kbert.masked_lm import BertMaskedLM
@@ -27,6 +28,7 @@ __all__ = [
     "BertMaskedLM",
     "BertPreprocessor",
     "BertTokenizer",
+    "convert",
     "export",
     "load",
     "size_config",
