@@ -5,10 +5,12 @@ line; the `kbert` subcommands only parse flags and call these. Every run writes 
 model directory (see `kbert.model_dir`) plus its training logs into `output_dir`.
 """
 
+import contextlib
 import json
 import math
 import os
 import sys
+import warnings
 
 import keras
 
@@ -139,26 +141,27 @@ def pretrain(
             jit_compile=jit_compile,
         )
     tokenizer_settings = dict(tokenizer.get_config(), sequence_length=sequence_length)
-    history = training.fit(
-        model,
-        train_data,
-        output_dir,
-        num_train_steps=num_train_steps,
-        steps_per_epoch=steps_per_epoch,
-        validation_data=validation_data if validation else None,
-        distribution=distribution,
-        backup_every=backup_every,
-        run_config=dict(
-            job="pretrain",
-            model=model_dir.architecture(model),
-            tokenizer=tokenizer_settings,
-            source=_describe(source),
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            seed=seed,
-        ),
-        verbose=verbose,
-    )
+    with _without_misleading_warnings():
+        history = training.fit(
+            model,
+            train_data,
+            output_dir,
+            num_train_steps=num_train_steps,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=validation_data if validation else None,
+            distribution=distribution,
+            backup_every=backup_every,
+            run_config=dict(
+                job="pretrain",
+                model=model_dir.architecture(model),
+                tokenizer=tokenizer_settings,
+                source=_describe(source),
+                batch_size=batch_size,
+                learning_rate=learning_rate,
+                seed=seed,
+            ),
+            verbose=verbose,
+        )
     if distribution.is_chief:
         model_dir.save(
             model,
@@ -306,31 +309,33 @@ def finetune(
         "label_column": label_column,
         "text_pair": training_texts.has_text_pair,
     }
-    history = training.fit(
-        model,
-        train_data,
-        output_dir,
-        num_train_steps=num_train_steps,
-        steps_per_epoch=steps_per_epoch,
-        validation_data=validation_data if validation is not None else None,
-        distribution=distribution,
-        backup_every=backup_every,
-        run_config=dict(
-            job="finetune",
-            init=os.path.abspath(init),
-            model=model_dir.architecture(model),
-            tokenizer=tokenizer_settings,
-            task=task_settings,
-            train=_describe(train),
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            seed=seed,
-        ),
-        verbose=verbose,
-    )
+    with _without_misleading_warnings():
+        history = training.fit(
+            model,
+            train_data,
+            output_dir,
+            num_train_steps=num_train_steps,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=validation_data if validation is not None else None,
+            distribution=distribution,
+            backup_every=backup_every,
+            run_config=dict(
+                job="finetune",
+                init=os.path.abspath(init),
+                model=model_dir.architecture(model),
+                tokenizer=tokenizer_settings,
+                task=task_settings,
+                train=_describe(train),
+                batch_size=batch_size,
+                learning_rate=learning_rate,
+                seed=seed,
+            ),
+            verbose=verbose,
+        )
     metrics = {}
     if validation is not None:
-        metrics = _round(model.evaluate(validation_data(), return_dict=True, verbose=0))
+        with _without_misleading_warnings():
+            metrics = _round(model.evaluate(validation_data(), return_dict=True, verbose=0))
     if distribution.is_chief:
         model_dir.save(
             model,
@@ -392,7 +397,8 @@ def evaluate(
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             weighted_metrics=masked_lm_metrics(),
         )
-        metrics = model.evaluate(dataset, return_dict=True, verbose=0)
+        with _without_misleading_warnings():
+            metrics = model.evaluate(dataset, return_dict=True, verbose=0)
         metrics["unigram_baseline_accuracy"] = _most_frequent_target_share(dataset)
         return _round(metrics)
     if class_name != "BertClassifier":
@@ -422,7 +428,8 @@ def evaluate(
         ),
         metrics=metrics_for(saved_task.get("metric", "accuracy"), num_classes),
     )
-    return _round(model.evaluate(dataset, return_dict=True, verbose=0))
+    with _without_misleading_warnings():
+        return _round(model.evaluate(dataset, return_dict=True, verbose=0))
 
 
 def quickstart(
@@ -492,6 +499,23 @@ def quickstart(
 
 
 # === Helpers ===
+
+
+@contextlib.contextmanager
+def _without_misleading_warnings():
+    """Silences two Keras warnings that are false alarms in these jobs.
+
+    Keras warns "Your input ran out of data" at the end of every pass over a dataset of
+    unknown length; training data repeats, so here it only ever means that a validation
+    set was read to its end. A masked LM without the next-sentence head does not use the
+    backbone's pooler, so its variables have no gradients, as intended.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        warnings.filterwarnings(
+            "ignore", message=r"Gradients do not exist for variables \['pooled_dense"
+        )
+        yield
 
 
 def _load_backbone(directory):

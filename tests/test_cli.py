@@ -1,0 +1,193 @@
+"""The `kbert` command: help, the pretrain -> finetune -> evaluate path, and user mistakes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from kbert import cli, model_dir
+from conftest import PROJECT_ROOT
+
+WORDS = (
+    "the cat sat on the mat while a dog ran in the park and the birds sang over "
+    "green hills near an old town where people walked slowly to the market"
+).split()
+
+
+def run_kbert(capsys, *argv):
+    code = cli.main([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A tiny corpus, its vocabulary and a tiny labeled sentiment set."""
+    import random
+
+    root = tmp_path_factory.mktemp("cli")
+    rng = random.Random(0)
+    documents = []
+    for _ in range(60):
+        documents.append(" ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 60))))
+    (root / "corpus.txt").write_text("\n\n".join(documents) + "\n", encoding="utf-8")
+    (root / "heldout.txt").write_text("\n\n".join(documents[:10]) + "\n", encoding="utf-8")
+    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(WORDS)) + ["good", "bad"]
+    (root / "vocab.txt").write_text("\n".join(vocabulary) + "\n", encoding="utf-8")
+    rows = ["sentence\tlabel"]
+    for index in range(64):
+        label = index % 2
+        words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 10)))
+        rows.append(f"{words} {'good' if label else 'bad'}\t{label}")
+    (root / "train.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (root / "dev.tsv").write_text("\n".join(rows[:33]) + "\n", encoding="utf-8")
+    return root
+
+
+TINY_MODEL = ["--size", "tiny", "--sequence-length", "32", "--batch-size", "8", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def pretrained(files, tmp_path_factory):
+    output = tmp_path_factory.mktemp("pretrained") / "model"
+    code = cli.main(
+        [
+            "pretrain", "--input", str(files / "corpus.txt"), "--vocab", str(files / "vocab.txt"),
+            "--steps", "6", "--steps-per-epoch", "3", "--output", str(output),
+            "--data-dir", str(files / "tfds"), *TINY_MODEL,
+        ]
+    )
+    assert code == 0
+    return output
+
+
+def test_help_of_every_subcommand():
+    result = subprocess.run(
+        [sys.executable, "-m", "kbert.cli", "--help"], capture_output=True, text=True,
+        cwd=PROJECT_ROOT,
+    )
+    assert result.returncode == 0
+    for command in cli.COMMANDS:
+        assert command in result.stdout, f"`kbert --help` does not list {command}"
+    parser = cli.build_parser()
+    for command in cli.COMMANDS:
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args([command, "--help"])
+        assert exit_info.value.code == 0
+
+
+def test_pretrain_writes_a_model_directory_with_logs_and_plot(pretrained):
+    config = model_dir.read_config(pretrained)
+    assert config["model"]["class_name"] == "BertMaskedLM"
+    assert config["task"]["name"] == "masked_lm"
+    for name in ("model.weights.h5", "vocab.txt", "history.json", "history.png"):
+        assert (pretrained / name).is_file(), name
+    history = json.loads((pretrained / "history.json").read_text())
+    assert len(history["loss"]) == 2  # two epochs of three steps
+    assert history["step"][-1] == 6
+
+
+def test_finetune_then_evaluate(files, pretrained, tmp_path, capsys):
+    output = tmp_path / "classifier"
+    code, out, err = run_kbert(
+        capsys, "finetune", "--train", files / "train.tsv", "--validation", files / "dev.tsv",
+        "--init", pretrained, "--epochs", "2", "--learning-rate", "1e-3", "--output", output,
+        "--data-dir", files / "tfds", "--batch-size", "8", "--sequence-length", "32", "--quiet",
+    )
+    assert code == 0, err
+    final_metrics = json.loads(out.strip().splitlines()[-1])
+    assert 0.0 <= final_metrics["accuracy"] <= 1.0
+    assert "mlm_head" in err  # the pretraining head was reported as not used
+    config = model_dir.read_config(output)
+    assert config["task"]["label_names"] == ["0", "1"]
+    assert config["tokenizer"]["sequence_length"] == 32
+
+    code, out, err = run_kbert(
+        capsys, "evaluate", "--model", output, "--data", files / "dev.tsv",
+        "--data-dir", files / "tfds",
+    )
+    assert code == 0, err
+    evaluated = json.loads(out.strip().splitlines()[-1])
+    assert evaluated["accuracy"] == pytest.approx(final_metrics["accuracy"], abs=1e-6)
+
+
+def test_evaluate_a_masked_lm_reports_the_unigram_baseline(files, pretrained, capsys):
+    code, out, err = run_kbert(
+        capsys, "evaluate", "--model", pretrained, "--data", files / "heldout.txt",
+        "--data-dir", files / "tfds",
+    )
+    assert code == 0, err
+    metrics = json.loads(out.strip().splitlines()[-1])
+    assert 0.0 < metrics["unigram_baseline_accuracy"] < 1.0
+    assert 0.0 <= metrics["masked_lm_accuracy"] <= 1.0
+
+
+# === User mistakes: one line, non-zero exit, no traceback ===
+
+
+def assert_one_line_error(code, err, *expected):
+    assert code != 0
+    assert "Traceback" not in err
+    lines = [line for line in err.strip().splitlines() if line.startswith("kbert ")]
+    assert len(lines) == 1, err
+    for text in expected:
+        assert text in lines[0], lines[0]
+
+
+def test_missing_input_file(files, tmp_path, capsys):
+    code, _, err = run_kbert(
+        capsys, "pretrain", "--input", tmp_path / "missing.txt", "--vocab", files / "vocab.txt",
+        "--steps", "2", "--output", tmp_path / "out", *TINY_MODEL,
+    )
+    assert_one_line_error(code, err, "missing.txt")
+
+
+def test_missing_vocabulary(files, tmp_path, capsys):
+    code, _, err = run_kbert(
+        capsys, "pretrain", "--input", files / "corpus.txt", "--vocab", tmp_path / "nope.txt",
+        "--steps", "2", "--output", tmp_path / "out", *TINY_MODEL,
+    )
+    assert_one_line_error(code, err, "nope.txt")
+
+
+def test_unknown_task(files, pretrained, tmp_path, capsys):
+    code, _, err = run_kbert(
+        capsys, "finetune", "--task", "sst3", "--train", files / "train.tsv",
+        "--init", pretrained, "--output", tmp_path / "out",
+    )
+    assert_one_line_error(code, err, "sst3")
+
+
+def test_wrong_column(files, pretrained, tmp_path, capsys):
+    code, _, err = run_kbert(
+        capsys, "finetune", "--text-column", "review", "--label-column", "label",
+        "--train", files / "train.tsv", "--init", pretrained, "--output", tmp_path / "out",
+        "--data-dir", tmp_path / "tfds",
+    )
+    assert_one_line_error(code, err, "review")
+
+
+def test_init_is_not_a_model_directory(files, tmp_path, capsys):
+    code, _, err = run_kbert(
+        capsys, "finetune", "--task", "sst2", "--train", files / "train.tsv",
+        "--init", files, "--output", tmp_path / "out",
+    )
+    assert_one_line_error(code, err, "not a kbert model directory")
+
+
+def test_vocabulary_size_too_small(files, tmp_path, capsys):
+    code, _, err = run_kbert(
+        capsys, "vocab", files / "corpus.txt", "--vocabulary-size", "3",
+        "--output", tmp_path / "vocab.txt", "--data-dir", tmp_path / "tfds",
+    )
+    assert_one_line_error(code, err, "vocabulary_size=3")
+
+
+def test_output_directory_holding_a_different_model(files, pretrained, capsys):
+    code, _, err = run_kbert(
+        capsys, "finetune", "--train", files / "train.tsv", "--validation", files / "dev.tsv",
+        "--init", pretrained, "--output", pretrained, "--data-dir", files / "tfds",
+        "--sequence-length", "32",
+    )
+    assert_one_line_error(code, err, "already holds a different model")
