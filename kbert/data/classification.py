@@ -157,7 +157,10 @@ def classification_dataset(
             longest = tf.reduce_max(packed_length(batch))
             length = boundaries_tensor[tf.searchsorted(boundaries_tensor, longest[tf.newaxis])[0]]
         x = preprocessor.pack(token_ids, token_ids_pair, sequence_length=length)
-        return x, batch["label"]
+        # Static shapes where they are known, for compilers that want them (XLA on TPU).
+        static_shape = [batch_size if drop_remainder else None, length if len(boundaries) == 1 else None]
+        x = {key: tf.ensure_shape(value, static_shape) for key, value in x.items()}
+        return x, tf.ensure_shape(batch["label"], static_shape[:1])
 
     dataset = dataset.map(pack, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.with_options(distribution_options(input_context)).prefetch(tf.data.AUTOTUNE)
