@@ -445,6 +445,7 @@ def quickstart(
     sequence_length=128,
     batch_size=32,
     seed=0,
+    data_dir=None,
     verbose="auto",
 ):
     """Learns a vocabulary, pretrains a small BERT, fine-tunes and evaluates it.
@@ -474,18 +475,19 @@ def quickstart(
 
     _step(1, "learning a WordPiece vocabulary", vocabulary_path)
     if not os.path.isfile(vocabulary_path):
-        documents = load_documents(corpus, split=corpus_split, text_key=text_key)
+        documents = load_documents(corpus, split=corpus_split, text_key=text_key, data_dir=data_dir)
         write_vocabulary(train_vocabulary(documents, vocabulary_size), vocabulary_path)
     _step(2, f"pretraining a {size} BERT for {pretrain_steps} steps", pretrained_dir)
     pretrain(
         pretrained_dir, vocabulary_path, corpus, pretrain_steps, size=size,
         sequence_length=sequence_length, batch_size=batch_size, split=corpus_split,
-        text_key=text_key, seed=seed, verbose=verbose,
+        text_key=text_key, seed=seed, data_dir=data_dir, verbose=verbose,
     )
     _step(3, f"fine-tuning on {train}", finetuned_dir)
     _, metrics = finetune(
         finetuned_dir, pretrained_dir, train, validation, task=task, epochs=finetune_epochs,
-        batch_size=batch_size, sequence_length=sequence_length, seed=seed, verbose=verbose,
+        batch_size=batch_size, sequence_length=sequence_length, seed=seed, data_dir=data_dir,
+        verbose=verbose,
     )
     print(
         f"\nDone. The fine-tuned model is in {finetuned_dir} (validation: {json.dumps(metrics)}).\n"

@@ -191,3 +191,18 @@ def test_output_directory_holding_a_different_model(files, pretrained, capsys):
         "--sequence-length", "32",
     )
     assert_one_line_error(code, err, "already holds a different model")
+
+
+@pytest.mark.slow
+def test_quickstart_offline_runs_every_step(files, tmp_path, capsys):
+    output = tmp_path / "quickstart"
+    code, out, err = run_kbert(
+        capsys, "quickstart", "--corpus", files / "corpus.txt", "--train", files / "train.tsv",
+        "--validation", files / "dev.tsv", "--output", output, "--vocabulary-size", "200",
+        "--pretrain-steps", "4", "--batch-size", "8", "--data-dir", tmp_path / "tfds", "--quiet",
+    )
+    assert code == 0, err
+    assert (output / "vocab.txt").is_file()
+    assert model_dir.read_config(output / "pretrained")["model"]["class_name"] == "BertMaskedLM"
+    assert model_dir.read_config(output / "finetuned")["model"]["class_name"] == "BertClassifier"
+    assert f"kbert export --model {output / 'finetuned'}" in out

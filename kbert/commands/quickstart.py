@@ -24,6 +24,7 @@ def add_arguments(parser):
     parser.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs (default: 1)")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--data-dir", default=None, help="TFDS data directory")
     parser.add_argument("--quiet", action="store_true", help="one line per epoch, no progress bar")
 
 
@@ -42,6 +43,7 @@ def run(args):
         finetune_epochs=args.epochs,
         batch_size=args.batch_size,
         seed=args.seed,
+        data_dir=args.data_dir,
         verbose=2 if args.quiet else "auto",
     )
     return 0
