@@ -3,7 +3,10 @@
 import argparse
 import os
 
-HELP = "Convert Hugging Face, Google TF or keras-hub BERT checkpoints to and from kbert model directories."
+HELP = (
+    "Convert Hugging Face, Google TF or keras-hub BERT checkpoints to and from kbert model "
+    "directories."
+)
 
 FORMATS = ("huggingface", "google", "keras-hub")
 
@@ -22,7 +25,9 @@ def add_arguments(parser):
         choices=FORMATS,
         help="export PATH, a kbert model directory, into this format",
     )
-    parser.add_argument("path", metavar="PATH", help="the checkpoint (--from) or kbert model directory (--to)")
+    parser.add_argument(
+        "path", metavar="PATH", help="the checkpoint (--from) or kbert model directory (--to)"
+    )
     parser.add_argument("--output", required=True, metavar="DIR", help="the directory to write")
     parser.add_argument(
         "--overwrite", action="store_true", help="write into DIR even if it is not empty"
@@ -36,8 +41,8 @@ def add_arguments(parser):
         "--lowercase",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="override the tokenizer casing read from the checkpoint (default: as the checkpoint says, "
-        "else detected from the vocabulary)",
+        help="override the tokenizer casing (default: as the checkpoint's tokenizer config "
+        "says, else detected from the vocabulary)",
     )
 
 
@@ -60,8 +65,8 @@ def run(args):
         backbone = getattr(model, "backbone", model)
         casing = "uncased" if conversion.tokenizer["lowercase"] else "cased"
         print(
-            f"Wrote {args.output}: {type(model).__name__}, {backbone.num_layers} layers, hidden size "
-            f"{backbone.hidden_dim}, {len(conversion.vocabulary)} tokens ({casing})"
+            f"Wrote {args.output}: {type(model).__name__}, {backbone.num_layers} layers, "
+            f"hidden size {backbone.hidden_dim}, {len(conversion.vocabulary)} tokens ({casing})"
         )
         return 0
 

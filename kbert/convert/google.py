@@ -45,7 +45,8 @@ def _checkpoint_prefix(path):
     if not indexes:
         raise FileNotFoundError(f"{path} has no TF checkpoint ({CHECKPOINT_PREFIX}.index)")
     raise mapping.ConversionError(
-        f"{path} has {len(indexes)} checkpoints; pass the prefix of one, e.g. {indexes[0][: -len('.index')]}"
+        f"{path} has {len(indexes)} checkpoints; pass the prefix of one, e.g. "
+        f"{indexes[0][: -len('.index')]}"
     )
 
 
@@ -67,11 +68,7 @@ def read_google(path, *, lowercase=None):
     config_path = os.path.join(directory, CONFIG_FILE)
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{directory} has no {CONFIG_FILE} beside the checkpoint")
-    try:
-        with open(config_path, encoding="utf-8") as file:
-            config = json.load(file)
-    except json.JSONDecodeError as error:
-        raise mapping.ConversionError(f"{config_path}, line {error.lineno}: invalid JSON ({error.msg})") from None
+    config = mapping.read_json(config_path)
     backbone_config, notes = mapping.backbone_config(config, config_path)
 
     reader = tf.train.load_checkpoint(prefix)
@@ -85,11 +82,16 @@ def read_google(path, *, lowercase=None):
         name for name in shapes if name.endswith(_OPTIMIZER_SUFFIXES) or name in _OPTIMIZER_NAMES
     ]
     if optimizer_names:
-        notes.append(f"Skipped {len(optimizer_names)} optimizer variables in {prefix} (e.g. {optimizer_names[0]})")
+        notes.append(
+            f"Skipped {len(optimizer_names)} optimizer variables in {prefix} "
+            f"(e.g. {optimizer_names[0]})"
+        )
     names = [name for name in shapes if name not in optimizer_names]
 
     groups = mapping.groups_present(names)
-    num_classes = shapes["output_weights"][0] if mapping.CLASSIFIER in groups and "output_weights" in shapes else None
+    num_classes = None
+    if mapping.CLASSIFIER in groups and "output_weights" in shapes:
+        num_classes = shapes["output_weights"][0]  # (classes, hidden)
     model = mapping.build_model(backbone_config, groups, num_classes)
     tensors = {name: mapping.SourceTensor(name, reader.get_tensor(name)) for name in names}
     notes += mapping.assign(mapping.model_slots(model), tensors, prefix)

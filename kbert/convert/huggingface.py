@@ -71,19 +71,17 @@ def huggingface_name(name):
     return ".".join(parts), transposed
 
 
+def _naming(slot):
+    name, transposed = huggingface_name(slot.name)
+    return name, tuple(reversed(slot.shape)) if transposed else tuple(slot.shape)
+
+
 def _normalized_key(key):
     if key.startswith(_ENCODER_PREFIXES):
         key = "bert." + key
     # Checkpoints converted from TensorFlow by older versions kept gamma and beta.
-    return re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", key))
-
-
-def _read_json(path):
-    try:
-        with open(path, encoding="utf-8") as file:
-            return json.load(file)
-    except json.JSONDecodeError as error:
-        raise mapping.ConversionError(f"{path}, line {error.lineno}: invalid JSON ({error.msg})") from None
+    key = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", key)
+    return re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", key)
 
 
 # === Reading ===
@@ -121,7 +119,7 @@ def _read_weights(directory, allow_pytorch_bin):
     if os.path.isfile(safetensors_path):
         return _read_safetensors(safetensors_path), safetensors_path
     if os.path.isfile(index_path):
-        weight_map = _read_json(index_path).get("weight_map", {})
+        weight_map = mapping.read_json(index_path).get("weight_map", {})
         tensors = {}
         for shard in sorted(set(weight_map.values())):
             tensors.update(_read_safetensors(os.path.join(directory, shard)))
@@ -139,7 +137,9 @@ def _read_weights(directory, allow_pytorch_bin):
             key: value.float().numpy() if value.is_floating_point() else value.numpy()
             for key, value in state_dict.items()
         }, pytorch_path
-    raise FileNotFoundError(f"{directory} has no {SAFETENSORS_FILE}, {SAFETENSORS_INDEX_FILE} or {PYTORCH_FILE}")
+    raise FileNotFoundError(
+        f"{directory} has no {SAFETENSORS_FILE}, {SAFETENSORS_INDEX_FILE} or {PYTORCH_FILE}"
+    )
 
 
 def _read_vocabulary(directory):
@@ -148,11 +148,13 @@ def _read_vocabulary(directory):
         return mapping.read_vocabulary(vocabulary_path), vocabulary_path
     tokenizer_path = os.path.join(directory, TOKENIZER_FILE)
     if os.path.isfile(tokenizer_path):
-        model = _read_json(tokenizer_path).get("model") or {}
+        model = mapping.read_json(tokenizer_path).get("model") or {}
         if model.get("type") == "WordPiece" and model.get("vocab"):
             token_ids = model["vocab"]
             return sorted(token_ids, key=token_ids.get), tokenizer_path
-    raise FileNotFoundError(f"{directory} has no {VOCABULARY_FILE} (nor a WordPiece {TOKENIZER_FILE})")
+    raise FileNotFoundError(
+        f"{directory} has no {VOCABULARY_FILE} (nor a WordPiece {TOKENIZER_FILE})"
+    )
 
 
 def _tokenizer_settings(directory, vocabulary, lowercase):
@@ -160,16 +162,18 @@ def _tokenizer_settings(directory, vocabulary, lowercase):
         return mapping.tokenizer_settings(lowercase)
     tokenizer_config_path = os.path.join(directory, TOKENIZER_CONFIG_FILE)
     if os.path.isfile(tokenizer_config_path):
-        tokenizer_config = _read_json(tokenizer_config_path)
+        tokenizer_config = mapping.read_json(tokenizer_config_path)
         if "do_lower_case" in tokenizer_config:
             return mapping.tokenizer_settings(
                 tokenizer_config["do_lower_case"], tokenizer_config.get("strip_accents")
             )
     tokenizer_path = os.path.join(directory, TOKENIZER_FILE)
     if os.path.isfile(tokenizer_path):
-        normalizer = _read_json(tokenizer_path).get("normalizer") or {}
+        normalizer = mapping.read_json(tokenizer_path).get("normalizer") or {}
         if normalizer.get("type") == "BertNormalizer":
-            return mapping.tokenizer_settings(normalizer.get("lowercase", True), normalizer.get("strip_accents"))
+            return mapping.tokenizer_settings(
+                normalizer.get("lowercase", True), normalizer.get("strip_accents")
+            )
     return mapping.tokenizer_settings(mapping.is_uncased(vocabulary))
 
 
@@ -202,8 +206,10 @@ def read_huggingface(path, *, allow_pytorch_bin=False, lowercase=None):
         raise FileNotFoundError(f"Hugging Face model directory not found: {directory}")
     config_path = os.path.join(directory, CONFIG_FILE)
     if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"{directory} is not a Hugging Face model directory: it has no {CONFIG_FILE}")
-    config = _read_json(config_path)
+        raise FileNotFoundError(
+            f"{directory} is not a Hugging Face model directory: it has no {CONFIG_FILE}"
+        )
+    config = mapping.read_json(config_path)
     backbone_config, notes = mapping.backbone_config(config, config_path)
     weights, weights_path = _read_weights(directory, allow_pytorch_bin)
     weights = {
@@ -248,22 +254,24 @@ def read_huggingface(path, *, allow_pytorch_bin=False, lowercase=None):
                 f"Tensor {original_key} in {weights_path} has shape {value.shape}, but a dense "
                 "kernel has two dimensions"
             )
-        tensors[name] = mapping.SourceTensor(
-            original_key, value.T if transposed else value, "transposed" if transposed else "canonical"
-        )
+        if transposed:
+            tensors[name] = mapping.SourceTensor(original_key, value.T, "transposed")
+        else:
+            tensors[name] = mapping.SourceTensor(original_key, value)
     for key, value in tied.items():
-        if not _check_tied(key, value, tensors, weights_path) and key == "cls.predictions.decoder.bias":
+        checked = _check_tied(key, value, tensors, weights_path)
+        if not checked and key == "cls.predictions.decoder.bias":
+            # Some versions saved the output bias only as the decoder's.
             tensors["cls/predictions/output_bias"] = mapping.SourceTensor(key, value)
 
-    notes += mapping.assign(
-        slots, tensors, weights_path, source_name=lambda name: huggingface_name(name)[0]
-    )
+    notes += mapping.assign(slots, tensors, weights_path, naming=_naming)
     vocabulary, vocabulary_path = _read_vocabulary(directory)
     mapping.check_vocabulary(vocabulary, backbone_config["vocabulary_size"], vocabulary_path)
     task = None
     if mapping.CLASSIFIER in groups:
         id2label = config.get("id2label") or {}
-        task = {"label_names": [id2label.get(str(index), str(index)) for index in range(num_classes)]}
+        label_names = [id2label.get(str(index), str(index)) for index in range(num_classes)]
+        task = {"label_names": label_names}
     mapping.log_notes(notes)
     return mapping.Conversion(
         model=model,
@@ -334,7 +342,9 @@ def to_huggingface(model_directory, output, *, overwrite=False):
         "tie_word_embeddings": True,
     }
     if architecture == "BertForSequenceClassification":
-        label_names = (task or {}).get("label_names") or [f"LABEL_{index}" for index in range(model.num_classes)]
+        label_names = (task or {}).get("label_names") or [
+            f"LABEL_{index}" for index in range(model.num_classes)
+        ]
         config["id2label"] = {str(index): label for index, label in enumerate(label_names)}
         config["label2id"] = {label: index for index, label in enumerate(label_names)}
         config["classifier_dropout"] = model.dropout

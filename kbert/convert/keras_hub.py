@@ -11,7 +11,6 @@ GELU with the tanh approximation (kbert, like the original paper's definition an
 Face, exactly), and its masked-LM head normalises with LayerNorm epsilon 1e-5 (kbert 1e-12).
 """
 
-import json
 import os
 
 from kbert.convert import mapping
@@ -54,14 +53,6 @@ GELU_NOTE = (
 )
 
 
-def _read_json(path):
-    try:
-        with open(path, encoding="utf-8") as file:
-            return json.load(file)
-    except json.JSONDecodeError as error:
-        raise mapping.ConversionError(f"{path}, line {error.lineno}: invalid JSON ({error.msg})") from None
-
-
 def _class_name(config):
     return str(config.get("registered_name") or config.get("class_name") or "")
 
@@ -76,13 +67,6 @@ def keras_hub_slots(model):
     if isinstance(model, keras_hub.models.BertMaskedLM):
         return slots + mapping.masked_lm_head_slots(model.masked_lm_head, KERAS_HUB_MASKED_LM_HEAD)
     return slots + mapping.output_layer_slots("", model.output_dense, mapping.CLASSIFIER)
-
-
-def _variable_tensors(slots):
-    return {
-        slot.name: mapping.SourceTensor(slot.variable.path, slot.from_variable(), "variable", tuple(slot.variable.shape))
-        for slot in slots
-    }
 
 
 def read_keras_hub(path, *, lowercase=None):
@@ -103,25 +87,32 @@ def read_keras_hub(path, *, lowercase=None):
     config_path = os.path.join(directory, CONFIG_FILE)
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{directory} is not a keras-hub preset: it has no {CONFIG_FILE}")
-    config = _read_json(config_path)
+    config = mapping.read_json(config_path)
     if "model_type" in config:
-        raise mapping.ConversionError(f"{directory} is a Hugging Face directory; convert it with --from huggingface")
+        raise mapping.ConversionError(
+            f"{directory} is a Hugging Face directory; convert it with --from huggingface"
+        )
     if not _class_name(config).endswith("BertBackbone"):
         raise mapping.ConversionError(
-            f"{config_path} describes {_class_name(config) or 'no Keras object'}, not a keras-hub BertBackbone"
+            f"{config_path} describes {_class_name(config) or 'no Keras object'}, "
+            "not a keras-hub BertBackbone"
         )
 
     task_class = ""
     task_path = os.path.join(directory, TASK_CONFIG_FILE)
     if os.path.isfile(task_path):
-        task_class = _class_name(_read_json(task_path))
+        task_class = _class_name(mapping.read_json(task_path))
     notes = [GELU_NOTE]
     if task_class.endswith("BertMaskedLM"):
-        source = keras_hub.models.BertMaskedLM.from_preset(directory, preprocessor=None, dtype="float32")
+        source = keras_hub.models.BertMaskedLM.from_preset(
+            directory, preprocessor=None, dtype="float32"
+        )
         groups = {mapping.POOLER, mapping.MASKED_LM}
         notes.append("keras-hub's masked-LM head uses LayerNorm epsilon 1e-5 and kbert's 1e-12")
     elif task_class.endswith("BertTextClassifier"):
-        source = keras_hub.models.BertTextClassifier.from_preset(directory, preprocessor=None, dtype="float32")
+        source = keras_hub.models.BertTextClassifier.from_preset(
+            directory, preprocessor=None, dtype="float32"
+        )
         groups = {mapping.POOLER, mapping.CLASSIFIER}
     else:
         if task_class:
@@ -131,8 +122,11 @@ def read_keras_hub(path, *, lowercase=None):
     source_backbone = getattr(source, "backbone", source)
     backbone_config = {name: getattr(source_backbone, name) for name in _BACKBONE_ARGUMENTS}
     num_classes = getattr(source, "num_classes", None)
-    model = mapping.build_model(backbone_config, groups, num_classes, classifier_dropout=getattr(source, "dropout", None))
-    notes += mapping.assign(mapping.model_slots(model), _variable_tensors(keras_hub_slots(source)), directory)
+    model = mapping.build_model(
+        backbone_config, groups, num_classes, classifier_dropout=getattr(source, "dropout", None)
+    )
+    source_tensors = mapping.variable_tensors(keras_hub_slots(source))
+    notes += mapping.assign(mapping.model_slots(model), source_tensors, directory)
 
     vocabulary_path = os.path.join(directory, VOCABULARY_FILE)
     vocabulary = mapping.read_vocabulary(vocabulary_path)
@@ -141,16 +135,22 @@ def read_keras_hub(path, *, lowercase=None):
         tokenizer = mapping.tokenizer_settings(lowercase)
     else:
         tokenizer_path = os.path.join(directory, TOKENIZER_CONFIG_FILE)
-        tokenizer_config = _read_json(tokenizer_path).get("config", {}) if os.path.isfile(tokenizer_path) else {}
+        tokenizer_config = {}
+        if os.path.isfile(tokenizer_path):
+            tokenizer_config = mapping.read_json(tokenizer_path).get("config", {})
         if "lowercase" in tokenizer_config:
-            tokenizer = mapping.tokenizer_settings(tokenizer_config["lowercase"], tokenizer_config.get("strip_accents"))
+            tokenizer = mapping.tokenizer_settings(
+                tokenizer_config["lowercase"], tokenizer_config.get("strip_accents")
+            )
         else:
             tokenizer = mapping.tokenizer_settings(mapping.is_uncased(vocabulary))
     task = None
     if num_classes is not None:
         task = {"label_names": [str(index) for index in range(num_classes)]}
     mapping.log_notes(notes)
-    return mapping.Conversion(model=model, vocabulary=vocabulary, tokenizer=tokenizer, task=task, notes=notes)
+    return mapping.Conversion(
+        model=model, vocabulary=vocabulary, tokenizer=tokenizer, task=task, notes=notes
+    )
 
 
 def from_keras_hub(path, output, *, lowercase=None, overwrite=False):
@@ -194,17 +194,24 @@ def to_keras_hub(model_directory, output, *, overwrite=False):
     sequence_length = min(512, backbone.max_sequence_length)
     notes = [GELU_NOTE]
     if isinstance(model, BertMaskedLM):
-        preprocessor = keras_hub.models.BertMaskedLMPreprocessor(tokenizer, sequence_length=sequence_length)
+        preprocessor = keras_hub.models.BertMaskedLMPreprocessor(
+            tokenizer, sequence_length=sequence_length
+        )
         target = keras_hub.models.BertMaskedLM(hub_backbone, preprocessor=preprocessor)
         notes.append("keras-hub's masked-LM head uses LayerNorm epsilon 1e-5 and kbert's 1e-12")
     elif isinstance(model, BertClassifier):
-        preprocessor = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=sequence_length)
+        preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
+            tokenizer, sequence_length=sequence_length
+        )
         target = keras_hub.models.BertTextClassifier(
-            hub_backbone, num_classes=model.num_classes, preprocessor=preprocessor, dropout=model.dropout
+            hub_backbone,
+            num_classes=model.num_classes,
+            preprocessor=preprocessor,
+            dropout=model.dropout,
         )
     else:
         target = hub_backbone
-    source_tensors = _variable_tensors(mapping.model_slots(model))
+    source_tensors = mapping.variable_tensors(mapping.model_slots(model))
     notes += mapping.assign(keras_hub_slots(target), source_tensors, model_directory)
 
     mapping.prepare_output(output, overwrite)

@@ -10,6 +10,7 @@ shaped tensors, unsupported settings) live here, once.
 """
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -238,10 +239,13 @@ def model_slots(model):
     if isinstance(model, BertMaskedLM):
         slots = backbone_slots(model.backbone) + masked_lm_head_slots(model.masked_lm_head)
         if model.next_sentence_head is not None:
-            slots += output_layer_slots("cls/seq_relationship", model.next_sentence_head, NEXT_SENTENCE)
+            slots += output_layer_slots(
+                "cls/seq_relationship", model.next_sentence_head, NEXT_SENTENCE
+            )
         return slots
     if isinstance(model, BertClassifier):
-        return backbone_slots(model.backbone) + output_layer_slots("", model.output_dense, CLASSIFIER)
+        classifier_slots = output_layer_slots("", model.output_dense, CLASSIFIER)
+        return backbone_slots(model.backbone) + classifier_slots
     raise ConversionError(
         "Expected a kbert BertBackbone, BertMaskedLM or BertClassifier. "
         f"Received: {type(model).__name__}"
@@ -272,15 +276,19 @@ def _plural(count, word):
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
-def assign(slots, tensors, source, source_name=lambda name: name):
+def _canonical_naming(slot):
+    return slot.name, tuple(slot.shape)
+
+
+def assign(slots, tensors, source, naming=_canonical_naming):
     """Copies checkpoint tensors into model variables after checking every name and shape.
 
     Args:
         slots: the model's slots (`model_slots`).
         tensors: canonical name -> `SourceTensor`.
         source: the checkpoint's path, for messages.
-        source_name: maps a canonical name to the checkpoint's own name, for messages about
-            missing tensors.
+        naming: maps a slot to the name and shape its tensor would have in the checkpoint,
+            for messages about missing tensors.
 
     Returns:
         Notes (one sentence each) about what the checkpoint had that the model does not use
@@ -311,10 +319,8 @@ def assign(slots, tensors, source, source_name=lambda name: name):
                 f"but the model expects {tensor.expected_shape(slot)}"
             )
     for slot in missing_by_group.get(ENCODER, []):
-        problems.append(
-            f"{source} has no tensor {source_name(slot.name)}, which the model needs with "
-            f"shape {slot.shape}"
-        )
+        name, shape = naming(slot)
+        problems.append(f"{source} has no tensor {name}, which the model needs with shape {shape}")
     if problems:
         more = f" (and {_plural(len(problems) - 1, 'more problem')})" if len(problems) > 1 else ""
         raise ConversionError(problems[0] + more)
@@ -326,7 +332,7 @@ def assign(slots, tensors, source, source_name=lambda name: name):
     for group, missing in missing_by_group.items():
         notes.append(
             f"{source} has no {GROUP_DESCRIPTIONS[group]} "
-            f"({_plural(len(missing), 'tensor')}, e.g. {source_name(missing[0].name)}): "
+            f"({_plural(len(missing), 'tensor')}, e.g. {naming(missing[0])[0]}): "
             "it keeps its fresh initialisation"
         )
     unused_by_group = {}
@@ -344,6 +350,16 @@ def assign(slots, tensors, source, source_name=lambda name: name):
 def log_notes(notes):
     for note in notes:
         logger.warning(note)
+
+
+def variable_tensors(slots):
+    """The slots' variables as checkpoint tensors, for copying one Keras model into another."""
+    return {
+        slot.name: SourceTensor(
+            slot.variable.path, slot.from_variable(), "variable", tuple(slot.variable.shape)
+        )
+        for slot in slots
+    }
 
 
 def collect(slots):
@@ -370,11 +386,7 @@ def load_pretrained_weights(model, directory):
     >>> load_pretrained_weights(classifier, "bert-base-pretrained")  # doctest: +SKIP
     """
     source = model_dir.load(directory)
-    tensors = {
-        slot.name: SourceTensor(slot.name, slot.from_variable(), "variable", tuple(slot.variable.shape))
-        for slot in model_slots(source)
-    }
-    notes = assign(model_slots(model), tensors, directory)
+    notes = assign(model_slots(model), variable_tensors(model_slots(source)), directory)
     log_notes(notes)
     return notes
 
@@ -392,13 +404,19 @@ def backbone_config(config, path):
     Raises:
         ConversionError: for a missing field or a setting kbert does not implement.
     """
-    for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+    required = (
+        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"
+    )
+    for field in required:
         if field not in config:
             raise ConversionError(f"{path} has no field {field!r}, which a BERT config needs")
     unsupported = {
         "model_type": (config.get("model_type", "bert"), "bert"),
         "hidden_act": (config.get("hidden_act", "gelu"), "gelu"),
-        "position_embedding_type": (config.get("position_embedding_type") or "absolute", "absolute"),
+        "position_embedding_type": (
+            config.get("position_embedding_type") or "absolute",
+            "absolute",
+        ),
         "is_decoder": (bool(config.get("is_decoder", False)), False),
         "add_cross_attention": (bool(config.get("add_cross_attention", False)), False),
     }
@@ -463,7 +481,17 @@ def bert_json_config(backbone):
     }
 
 
-# === Vocabularies and tokenizer settings ===
+# === Files, vocabularies and tokenizer settings ===
+
+
+def read_json(path):
+    try:
+        with open(path, encoding="utf-8") as file:
+            return json.load(file)
+    except json.JSONDecodeError as error:
+        raise ConversionError(
+            f"{path}, line {error.lineno}: invalid JSON ({error.msg})"
+        ) from None
 
 
 def read_vocabulary(path):
@@ -525,7 +553,9 @@ class Conversion:
 
     def save(self, directory):
         """Writes a kbert model directory that `kbert.load` reads."""
-        model_dir.save(self.model, directory, self.vocabulary, tokenizer=self.tokenizer, task=self.task)
+        model_dir.save(
+            self.model, directory, self.vocabulary, tokenizer=self.tokenizer, task=self.task
+        )
 
 
 def prepare_output(directory, overwrite):
@@ -543,5 +573,7 @@ def read_kbert_model_dir(directory):
     model = model_dir.load(directory)
     vocabulary = read_vocabulary(model_dir.vocabulary_path(directory))
     tokenizer = config.get("tokenizer") or {}
-    settings = tokenizer_settings(tokenizer.get("lowercase", is_uncased(vocabulary)), tokenizer.get("strip_accents"))
+    settings = tokenizer_settings(
+        tokenizer.get("lowercase", is_uncased(vocabulary)), tokenizer.get("strip_accents")
+    )
     return model, vocabulary, settings, config.get("task")
