@@ -134,7 +134,11 @@ def test_each_input_pipeline_reads_its_share():
 
 def test_options_for_a_labeled_texts_are_refused():
     preprocessor = BertPreprocessor(BertTokenizer(TINY_VOCABULARY), sequence_length=8)
-    examples = load_labeled_texts(tf.data.Dataset.from_tensor_slices({"text": ["a"], "label": [0]}))
+    dataset = tf.data.Dataset.from_tensor_slices({"text": ["a"], "label": [0]})
+    with pytest.raises(ValueError, match="Expected label_names"):
+        load_labeled_texts(dataset)
+    examples = load_labeled_texts(dataset, label_names=["no", "yes"])
+    assert examples.num_classes == 2
     with pytest.raises(ValueError, match="text_columns"):
         classification_dataset(examples, preprocessor, batch_size=2, text_columns=["x"])
 

@@ -265,3 +265,16 @@ def test_train_vocabulary_from_a_dataset():
     assert tokenizer.unk_token_id not in tokenizer(["the cat sat on the dog"]).flat_values.numpy()
     with pytest.raises(ValueError, match="vocabulary_size"):
         train_vocabulary(texts, vocabulary_size=5)
+
+
+def test_vocab_command_errors_are_one_line(tmp_path, capsys):
+    from kbert import cli
+
+    output = str(tmp_path / "vocab.txt")
+    assert cli.main(["vocab", str(tmp_path / "missing.txt"), "--output", output]) == 2
+    message = capsys.readouterr().err
+    assert message.count("\n") == 1 and "missing.txt" in message
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("some text\n", encoding="utf-8")
+    assert cli.main(["vocab", str(corpus), "--output", output, "--vocabulary-size", "5"]) == 2
+    assert "--vocabulary-size" in capsys.readouterr().err

@@ -50,6 +50,10 @@ def run(args):
     from kbert.data.sources import is_local, load_documents
     from kbert.tokenizer import train_vocabulary, write_vocabulary
 
+    if args.vocabulary_size <= 5:
+        raise UsageError(
+            f"--vocabulary-size must leave room beyond the 5 special tokens; got {args.vocabulary_size}"
+        )
     if os.path.exists(args.output) and not args.overwrite:
         raise FileExistsError(f"--output {args.output} exists; pass --overwrite to replace it")
     local = [is_local(source) for source in args.source]

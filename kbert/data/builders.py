@@ -427,7 +427,7 @@ def _normalise_files(files):
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         if not paths:
             raise ValueError(f"No files given for split {split!r}")
-        normalised[split] = [os.fspath(path) for path in paths]
+        normalised[split] = [os.path.expanduser(os.fspath(path)) for path in paths]
         for path in normalised[split]:
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"File not found: {path}")

@@ -45,8 +45,9 @@ def classification_dataset(
 
     Args:
         source: a `LabeledTexts` (from `kbert.data.load_labeled_texts`, which also gives the
-            label names), or anything `load_labeled_texts` accepts: a TSV/CSV file, a GLUE
-            directory with `task=`, a TFDS name such as `"glue/sst2"`.
+            label names), anything `load_labeled_texts` accepts (a TSV/CSV file, a GLUE
+            directory with `task=`, a TFDS name such as `"glue/sst2"`), or a `tf.data.Dataset`
+            of `{"text", ["text_pair"], "label"}`.
         preprocessor: a `BertPreprocessor`; its `sequence_length` is the longest a batch gets.
         batch_size: the global batch size (divided among replicas under `input_context`).
         split: the split to read, where `source` is not a `LabeledTexts`.
@@ -69,6 +70,9 @@ def classification_dataset(
         `padding_mask` of shape (batch, length), where length is a bucket boundary (or
         `sequence_length`); `label` is int32 (batch,), or float32 for regression.
     """
+    if isinstance(source, tf.data.Dataset):
+        # Examples as they are: the pipeline needs no label names.
+        source = LabeledTexts(source, label_names=None)
     if not isinstance(source, LabeledTexts):
         source = load_labeled_texts(
             source, split=split, data_dir=data_dir, input_context=input_context, **source_options
@@ -100,7 +104,8 @@ def classification_dataset(
             token_ids_pair = tokenizer(batch["text_pair"])[:, : sequence_length - 2]
             tokenized["token_ids_pair"] = token_ids_pair
             tokenized["length_pair"] = token_ids_pair.row_lengths()
-        tokenized["label"] = batch["label"]
+        label = batch["label"]
+        tokenized["label"] = tf.cast(label, tf.float32 if label.dtype.is_floating else tf.int32)
         return tokenized
 
     dataset = examples.batch(_EXAMPLES_PER_TOKENIZER_CALL).map(

@@ -226,6 +226,11 @@ def load_labeled_texts(
         label_names = task.label_names if label_names is None else tuple(label_names)
 
     if isinstance(source, tf.data.Dataset):
+        if label_names is None and not regression and source.element_spec["label"].dtype.is_integer:
+            raise ValueError(
+                "Expected label_names (or regression=True) with a tf.data.Dataset source: its "
+                "integer labels do not say how many classes there are"
+            )
         return LabeledTexts(_shard(source, input_context), label_names, task=task)
     if is_local(source):
         return _load_local_labeled_texts(
