@@ -28,6 +28,7 @@ from kbert import model_dir as model_directory
 INCOMPLETE_PREFIX = ".incomplete-"
 EXPORT_INFO_FILE = os.path.join("assets.extra", "kbert_export.json")
 DEFAULT_SEQUENCE_LENGTH = 128
+PYTHON_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
 
 
 def export(
@@ -68,7 +69,9 @@ def export(
     if version is not None and (
         not isinstance(version, int) or isinstance(version, bool) or version < 1
     ):
-        raise ValueError(f"Expected version to be a positive integer. Received: version={version!r}")
+        raise ValueError(
+            f"Expected version to be a positive integer. Received: version={version!r}"
+        )
     model_directory.read_config(arguments["model_dir"])
     _check_version_is_free(arguments["base_dir"], version)
     if keras.backend.backend() != "tensorflow":
@@ -111,14 +114,16 @@ def check_serving_ops(saved_model_dir):
 
     ops = serving_ops(saved_model_dir)
     # `tf.raw_ops` is generated from core TensorFlow's op registrations only, so libraries
-    # loaded into this process (TensorFlow Text's among them) do not add to it.
-    core_ops = ops & set(dir(tf.raw_ops))
+    # loaded into this process (TensorFlow Text's among them) do not add to it. The ops of
+    # tf.py_function and tf.numpy_function are core ops that call back into Python, which
+    # the model server does not have.
+    core_ops = ops & (set(dir(tf.raw_ops)) - PYTHON_OPS)
     text_ops = (ops - core_ops) & tensorflow_text_ops()
     unknown_ops = ops - core_ops - text_ops
     if unknown_ops:
         raise ValueError(
-            f"The SavedModel in {saved_model_dir} uses ops that neither core TensorFlow nor "
-            f"TensorFlow Text provides, so TensorFlow Serving cannot run it: "
+            f"The SavedModel in {saved_model_dir} uses ops that are neither core TensorFlow nor "
+            f"TensorFlow Text ops, or that call Python, so TensorFlow Serving cannot run it: "
             f"{', '.join(sorted(unknown_ops))}"
         )
     return {"tensorflow": sorted(core_ops), "tensorflow_text": sorted(text_ops)}

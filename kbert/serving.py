@@ -78,7 +78,9 @@ class SavedModelServer:
         except (TypeError, ValueError, tf.errors.InvalidArgumentError) as error:
             # What TF Serving answers with 400 Bad Request, in one line.
             message = getattr(error, "message", str(error)).strip().splitlines()[0]
-            raise ValueError(f"Signature {signature_name!r} rejected the request: {message}") from None
+            raise ValueError(
+                f"Signature {signature_name!r} rejected the request: {message}"
+            ) from None
         return {name: tensor.numpy() for name, tensor in outputs.items()}
 
     def method_name(self, signature_name):
@@ -105,7 +107,8 @@ class SavedModelServer:
             inputs = _row_inputs(body["instances"], input_names)
         else:
             inputs = _columnar_inputs(body["inputs"], input_names)
-        outputs = {name: to_json_value(value, name) for name, value in self.run(signature_name, inputs).items()}
+        outputs = self.run(signature_name, inputs)
+        outputs = {name: to_json_value(value, name) for name, value in outputs.items()}
         if formats[0] == "instances":
             if len(outputs) == 1:
                 return {"predictions": next(iter(outputs.values()))}
@@ -135,17 +138,16 @@ class SavedModelServer:
             _example(dict(context or {}, **example)).SerializeToString() for example in examples
         ]
         (input_name,) = self._signature_def(signature_name).inputs
-        outputs = self.run(
-            signature_name, {input_name: tf.constant(serialized, tf.string, shape=[len(serialized)])}
-        )
+        serialized = tf.constant(serialized, tf.string, shape=[len(serialized)])
+        outputs = self.run(signature_name, {input_name: serialized})
         if method_name == REGRESS_METHOD:
             return {"result": [float(score) for score in outputs[tf.saved_model.REGRESS_OUTPUTS]]}
         classes = outputs[tf.saved_model.CLASSIFY_OUTPUT_CLASSES]
         scores = outputs[tf.saved_model.CLASSIFY_OUTPUT_SCORES]
         return {
             "result": [
-                [[label.decode("utf-8"), float(score)] for label, score in zip(row_classes, row_scores)]
-                for row_classes, row_scores in zip(classes, scores)
+                [[label.decode("utf-8"), float(score)] for label, score in zip(labels, row_scores)]
+                for labels, row_scores in zip(classes, scores)
             ]
         }
 
@@ -223,13 +225,14 @@ def _decode_binary(value):
 
 
 def to_json_value(array, name):
-    if array.dtype == object:
-        if name.endswith("_bytes"):
-            encode = lambda value: {"b64": base64.b64encode(value).decode("ascii")}  # noqa: E731
-        else:
-            encode = lambda value: value.decode("utf-8", errors="replace")  # noqa: E731
-        return np.vectorize(encode, otypes=[object])(array).tolist() if array.size else array.tolist()
-    return array.tolist()
+    """An output array as JSON values, strings as the REST API writes them."""
+    if array.dtype != object or not array.size:
+        return array.tolist()
+    if name.endswith("_bytes"):
+        encode = lambda value: {"b64": base64.b64encode(value).decode("ascii")}  # noqa: E731
+    else:
+        encode = lambda value: value.decode("utf-8", errors="replace")  # noqa: E731
+    return np.vectorize(encode, otypes=[object])(array).tolist()
 
 
 def _example(features):
@@ -248,6 +251,8 @@ def _example(features):
         elif all(isinstance(item, (int, float)) for item in values):
             feature = tf.train.Feature(float_list=tf.train.FloatList(value=values))
         else:
-            raise ValueError(f"Feature {name!r} mixes types or holds an unsupported value: {value!r:.200}")
+            raise ValueError(
+                f"Feature {name!r} mixes types or holds an unsupported value: {value!r:.200}"
+            )
         feature_map[name] = feature
     return tf.train.Example(features=tf.train.Features(feature=feature_map))

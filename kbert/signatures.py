@@ -82,14 +82,17 @@ def build_serving_module(model, preprocessor, label_names=None, text_pair=False,
 
     signatures = {}
     method_names = {}
+    traced = {}  # a function exported under two names is traced once
     for name, (function, input_names, method_name) in endpoints.items():
-        input_signature = [
-            tf.TensorSpec(INPUT_SPECS[input_name].shape, INPUT_SPECS[input_name].dtype, name=input_name)
-            for input_name in input_names
-        ]
-        signatures[name] = tf.function(
-            function, input_signature=input_signature, autograph=False
-        ).get_concrete_function()
+        if (function, input_names) not in traced:
+            input_signature = [
+                tf.TensorSpec(INPUT_SPECS[key].shape, INPUT_SPECS[key].dtype, name=key)
+                for key in input_names
+            ]
+            traced[function, input_names] = tf.function(
+                function, input_signature=input_signature, autograph=False
+            ).get_concrete_function()
+        signatures[name] = traced[function, input_names]
         method_names[name] = method_name
     # The tf.Variables that the signatures read, as keras.export.ExportArchive tracks them.
     # Tracked through the Keras model or its Keras variables instead, they are saved under

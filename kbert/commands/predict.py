@@ -79,7 +79,10 @@ def run(args):
     else:
         lines = [os.fsencode(text) for text in args.texts]
         origin = "TEXT"
-    predictor = _KerasPredictor(args.model, args.top_k) if is_model_dir else _SavedModelPredictor(args.model)
+    if is_model_dir:
+        predictor = _KerasPredictor(args.model, args.top_k)
+    else:
+        predictor = _SavedModelPredictor(args.model)
     texts, text_pairs = _split_pairs(lines, predictor.text_pair, origin)
     for start in range(0, len(texts), args.batch_size):
         batch_pairs = text_pairs[start : start + args.batch_size] if predictor.text_pair else None
@@ -202,7 +205,8 @@ class _KerasPredictor:
         tokenizer = self.tokenizer
         pieces = [text.split(MASK_TOKEN.encode()) for text in texts]
         flat_pieces = [piece for text_pieces in pieces for piece in text_pieces]
-        piece_ids = iter(tokenizer(tf.constant(flat_pieces, tf.string, shape=[len(flat_pieces)])).to_list())
+        flat_pieces = tf.constant(flat_pieces, tf.string, shape=[len(flat_pieces)])
+        piece_ids = iter(tokenizer(flat_pieces).to_list())
         batch_token_ids = []
         for text_pieces in pieces:
             token_ids = []
@@ -211,9 +215,12 @@ class _KerasPredictor:
                 if index < len(text_pieces) - 1:
                     token_ids.append(tokenizer.mask_token_id)
             batch_token_ids.append(token_ids)
-        inputs = self.preprocessor.pack(tf.ragged.constant(batch_token_ids, tf.int32, ragged_rank=1))
+        batch_token_ids = tf.ragged.constant(batch_token_ids, tf.int32, ragged_rank=1)
+        inputs = self.preprocessor.pack(batch_token_ids)
         inputs = {name: np.asarray(value) for name, value in inputs.items()}
-        positions = [np.flatnonzero(row == tokenizer.mask_token_id).tolist() for row in inputs["token_ids"]]
+        positions = [
+            np.flatnonzero(row == tokenizer.mask_token_id).tolist() for row in inputs["token_ids"]
+        ]
         num_masks = max((len(row) for row in positions), default=0)
         inputs["mask_positions"] = np.zeros((len(texts), num_masks), np.int32)
         for row, row_positions in enumerate(positions):
@@ -232,14 +239,12 @@ class _KerasPredictor:
         top_k = min(self.top_k, probabilities.shape[-1] - len(special_token_ids))
         rows = []
         for row, row_positions in enumerate(positions):
-            candidates = np.argsort(-probabilities[row, : len(row_positions)], axis=-1, kind="stable")
-            candidates = candidates[:, :top_k]
+            row_probabilities = probabilities[row, : len(row_positions)]  # (masks, vocabulary)
+            candidates = np.argsort(-row_probabilities, axis=-1, kind="stable")[:, :top_k]
             rows.append(
                 {
                     "mask_positions": row_positions,
-                    "scores": np.take_along_axis(
-                        probabilities[row, : len(row_positions)], candidates, axis=-1
-                    ).tolist(),
+                    "scores": np.take_along_axis(row_probabilities, candidates, axis=-1).tolist(),
                     "token_ids": candidates.tolist(),
                     "tokens": [[tokenizer.id_to_token(int(i)) for i in ids] for ids in candidates],
                 }
