@@ -302,6 +302,18 @@ def test_pytorch_bin_needs_opt_in(tmp_path):
     )
 
 
+def test_sharded_bfloat16_safetensors(tmp_path):
+    reference = save_tiny(transformers.BertModel, tmp_path / "float32")
+    reference.to(torch.bfloat16).save_pretrained(tmp_path / "hf", max_shard_size="4KB")
+    (tmp_path / "hf" / "vocab.txt").write_text("".join(f"{token}\n" for token in TINY_VOCABULARY))
+    assert (tmp_path / "hf" / "model.safetensors.index.json").is_file()
+    model = read_huggingface(tmp_path / "hf").model
+    np.testing.assert_array_equal(
+        to_numpy(model.transformer_layers[1].output_dense.kernel),
+        reference.encoder.layer[1].output.dense.weight.detach().float().numpy().T,
+    )
+
+
 def test_untied_decoder_is_an_error(tmp_path):
     reference = save_tiny(transformers.BertForMaskedLM, tmp_path / "hf")
     state = reference.state_dict()
