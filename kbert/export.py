@@ -72,6 +72,8 @@ def export(
         raise ValueError(
             f"Expected version to be a positive integer. Received: version={version!r}"
         )
+    if not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"Expected top_k to be a positive integer. Received: top_k={top_k!r}")
     model_directory.read_config(arguments["model_dir"])
     _check_version_is_free(arguments["base_dir"], version)
     if keras.backend.backend() != "tensorflow":
