@@ -402,6 +402,9 @@ def _parse_saved_model_cli(output):
 def test_export_holds_only_core_and_tensorflow_text_ops(classifier, tmp_path):
     from tensorflow.core.framework import node_def_pb2
 
+    vocabulary = os.path.join(classifier["export"], "assets", "vocab.txt")
+    with open(vocabulary, encoding="utf-8") as file:
+        assert file.read().splitlines() == VOCABULARY
     ops = check_serving_ops(classifier["export"])
     # The tokenizer runs in the graph, and the model's ops sit in the function library.
     assert {"FastWordpieceTokenizeWithOffsets", "RegexSplitWithOffsets"} <= set(ops["tensorflow_text"])
@@ -481,7 +484,7 @@ kbert.export(sys.argv[1], sys.argv[2])
 @pytest.mark.parametrize(
     "step", [pytest.param("_set_method_names", marks=pytest.mark.slow), "_publish"]
 )
-def test_an_export_killed_midway_leaves_no_version(classifier, tmp_path, step):
+def test_an_export_killed_midway_leaves_no_version(classifier, tmp_path, step, capsys):
     base_dir = tmp_path / "saved_models" / "sentiment"
     result = subprocess.run(
         [sys.executable, "-c", KILLED_EXPORT, os.fspath(classifier["model_dir"]), os.fspath(base_dir), step],
@@ -494,6 +497,14 @@ def test_an_export_killed_midway_leaves_no_version(classifier, tmp_path, step):
     assert leftover.startswith(".incomplete-") and not leftover.isdigit()
     assert os.path.isfile(base_dir / leftover / "saved_model.pb")  # killed after writing
     assert versions(base_dir) == []
+
+    if step == "_publish":  # the next export is unaffected, and points at the leftover
+        from kbert.cli import main
+
+        model_dir = os.fspath(classifier["model_dir"])
+        assert main(["export", "--model", model_dir, "--output", os.fspath(base_dir)]) == 0
+        assert versions(base_dir) == [1]
+        assert "holds unfinished exports (killed, or still running)" in capsys.readouterr().out
 
 
 def test_exporting_a_backbone_fails_clearly(tmp_path):

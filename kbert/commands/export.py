@@ -41,7 +41,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from kbert.export import export
+    from kbert.export import INCOMPLETE_PREFIX, export
     from kbert.serving import describe_signatures
 
     version_dir = export(
@@ -55,6 +55,12 @@ def run(args):
     print(f"Exported {args.model} to {version_dir}")
     print(describe_signatures(version_dir))
     base_dir = os.path.abspath(args.output)
+    unfinished = sorted(name for name in os.listdir(base_dir) if name.startswith(INCOMPLETE_PREFIX))
+    if unfinished:
+        print(
+            f"Note: {base_dir} holds unfinished exports (killed, or still running), which model "
+            f"servers ignore; remove them once no export runs: {', '.join(unfinished)}"
+        )
     name = os.path.basename(base_dir.rstrip(os.sep))
     print(
         "\nServe it with TensorFlow Serving:\n"
