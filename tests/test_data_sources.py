@@ -141,7 +141,7 @@ def test_integer_labels_sort_numerically_and_regression_reads_floats(tmp_path):
         (
             "short.tsv",
             b"sentence\tlabel\ngood\t1\nno label column here\n",
-            r"short\.tsv, line 3: expected at least 2 columns, found 1",
+            r"short\.tsv, line 3: expected at least 2 columns separated by tabs, found 1",
         ),
         ("missing.tsv", b"sentence\tlabel\ngood\t1\nbad\t \n", r"missing\.tsv, line 3: missing label"),
         (

@@ -329,6 +329,7 @@ def read_examples(path, options):
     label_index = column_index(options.label_column, header, path, options.delimiter)
     num_columns = max(text_indexes + [label_index]) + 1
     parse_label = LabelParser(options.label_names, options.regression)
+    separator = "tabs" if options.delimiter == "\t" else repr(options.delimiter)
     skipped = []
     num_rows = 0
     for line_number, fields in rows:
@@ -338,13 +339,14 @@ def read_examples(path, options):
                 raise ValueError(f"{where}: blank line")
             if len(fields) < num_columns:
                 raise ValueError(
-                    f"{where}: expected at least {num_columns} columns, found {len(fields)}"
+                    f"{where}: expected at least {num_columns} columns separated by {separator}, "
+                    f"found {len(fields)}"
                 )
             example = {"label": parse_label(fields[label_index], where)}
         except ValueError as error:
             # A blank line carries no data, so it is skipped (and counted) even without
             # skip_bad_rows.
-            if not (options.skip_bad_rows or not fields):
+            if fields and not options.skip_bad_rows:
                 raise
             skipped.append((line_number, str(error)))
             continue

@@ -62,30 +62,28 @@ def distribution_options(input_context):
     return options
 
 
-def _read_split(builder, split, input_context, shuffle_files=False, seed=None):
+def _read_split(builder, split, input_context):
     """Reads a split, sharded across input pipelines when `input_context` is given.
 
     TFDS shards by file where the split has at least one file per input pipeline; otherwise (a
-    local file prepared as a single shard, say) every pipeline reads the split and keeps its share
-    of the examples.
+    local file prepared as a single file, a sliced split such as "train[:10%]") every pipeline
+    reads the split and keeps its share of the examples.
     """
     import tensorflow_datasets as tfds
 
     splits = builder.info.splits
-    # A split list is empty only under tfds.testing.mock_data, which makes up any split asked for.
-    if splits and split not in splits:
-        raise ValueError(
-            f"{builder.info.full_name} has no split {split!r}; "
-            f"it has: {', '.join(builder.info.splits)}"
-        )
+    # The split list is empty only under tfds.testing.mock_data, which makes up any split.
+    if splits:
+        try:
+            splits[split]
+        except (KeyError, ValueError):
+            raise ValueError(
+                f"{builder.info.full_name} has no split {split!r}; it has: {', '.join(splits)}"
+            ) from None
     num_pipelines = 1 if input_context is None else input_context.num_input_pipelines
-    by_file = num_pipelines > 1 and bool(splits) and splits[split].num_shards >= num_pipelines
-    read_config = tfds.ReadConfig(
-        input_context=input_context if by_file else None,
-        shuffle_seed=seed,
-        add_tfds_id=False,
-    )
-    dataset = builder.as_dataset(split=split, shuffle_files=shuffle_files, read_config=read_config)
+    by_file = num_pipelines > 1 and split in splits and splits[split].num_shards >= num_pipelines
+    read_config = tfds.ReadConfig(input_context=input_context if by_file else None)
+    dataset = builder.as_dataset(split=split, shuffle_files=False, read_config=read_config)
     return dataset if by_file else _shard(dataset, input_context)
 
 
