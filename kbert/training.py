@@ -65,16 +65,22 @@ __all__ = [
 
 @keras.saving.register_keras_serializable(package="kbert")
 class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warmup from 0 to `peak_learning_rate`, then `decay_schedule`.
+    """Linear warmup from 0 to `peak_learning_rate`, then `decay_schedule`, per update.
 
-    At step `s < warmup_steps` the rate is `peak_learning_rate * s / warmup_steps`; from
-    `warmup_steps` on it is `decay_schedule(s - warmup_steps)`. Keras 3 has warmup only in
+    At update `u < warmup_steps` the rate is `peak_learning_rate * u / warmup_steps`; from
+    `warmup_steps` on it is `decay_schedule(u - warmup_steps)`. Keras 3 has warmup only in
     `CosineDecay`; BERT warms up before a linear (polynomial) decay.
+
+    Keras evaluates schedules at its count of batches, which under gradient accumulation
+    runs `gradient_accumulation_steps` times faster than the count of updates that Adam's
+    bias correction uses; this schedule converts batches to updates so that warmup and
+    decay lengths mean updates either way.
 
     Args:
         peak_learning_rate: the rate reached at the end of warmup.
-        warmup_steps: number of warmup steps (optimizer updates).
+        warmup_steps: number of warmup updates (0 for none).
         decay_schedule: a schedule (or a constant) that starts at the end of warmup.
+        gradient_accumulation_steps: batches per update.
 
     Example:
     >>> decay = keras.optimizers.schedules.PolynomialDecay(1e-3, decay_steps=90)
@@ -83,23 +89,25 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
     [0.0, 0.0005, 0.001, 0.0005, 0.0]
     """
 
-    def __init__(self, peak_learning_rate, warmup_steps, decay_schedule):
+    def __init__(
+        self, peak_learning_rate, warmup_steps, decay_schedule, gradient_accumulation_steps=1
+    ):
         self.peak_learning_rate = peak_learning_rate
         self.warmup_steps = warmup_steps
         self.decay_schedule = decay_schedule
+        self.gradient_accumulation_steps = gradient_accumulation_steps
 
     def __call__(self, step):
         step = keras.ops.cast(step, "float32")
-        warmup_steps = float(max(self.warmup_steps, 1))
-        warmup_rate = self.peak_learning_rate * step / warmup_steps
+        if self.gradient_accumulation_steps > 1:
+            step = keras.ops.floor(step / self.gradient_accumulation_steps)
+        warmup_rate = self.peak_learning_rate * step / float(max(self.warmup_steps, 1))
         after_warmup = keras.ops.maximum(step - self.warmup_steps, 0.0)
         if callable(self.decay_schedule):
-            decayed_rate = self.decay_schedule(after_warmup)
+            decayed_rate = keras.ops.cast(self.decay_schedule(after_warmup), "float32")
         else:
             decayed_rate = keras.ops.full_like(step, self.decay_schedule)
-        return keras.ops.where(
-            step < self.warmup_steps, warmup_rate, keras.ops.cast(decayed_rate, "float32")
-        )
+        return keras.ops.where(step < self.warmup_steps, warmup_rate, decayed_rate)
 
     def get_config(self):
         decay_schedule = self.decay_schedule
@@ -109,6 +117,7 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
             "peak_learning_rate": self.peak_learning_rate,
             "warmup_steps": self.warmup_steps,
             "decay_schedule": decay_schedule,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
         }
 
     @classmethod
@@ -128,11 +137,12 @@ def make_learning_rate_schedule(
     decay="linear",
     decay_power=1.0,
     end_learning_rate=0.0,
+    gradient_accumulation_steps=None,
 ):
     """Linear warmup to `learning_rate`, then a decay to `end_learning_rate` at the end.
 
-    Steps count optimizer updates (with gradient accumulation, one update per
-    `gradient_accumulation_steps` batches).
+    Steps count optimizer updates: with gradient accumulation, one update per
+    `gradient_accumulation_steps` batches.
 
     Args:
         learning_rate: the peak rate.
@@ -142,6 +152,7 @@ def make_learning_rate_schedule(
             the updates after warmup.
         decay_power: the power of the `polynomial` decay (1.0 is `linear`).
         end_learning_rate: the rate at `num_train_steps` (cosine ends at 0).
+        gradient_accumulation_steps: batches per update, or `None` (one).
 
     Example:
     >>> schedule = make_learning_rate_schedule(1e-4, num_train_steps=100, warmup_steps=10)
@@ -174,9 +185,10 @@ def make_learning_rate_schedule(
             end_learning_rate=end_learning_rate,
             power=1.0 if decay == "linear" else decay_power,
         )
-    if warmup_steps == 0:
+    gradient_accumulation_steps = gradient_accumulation_steps or 1
+    if warmup_steps == 0 and gradient_accumulation_steps == 1:
         return decay_schedule
-    return WarmupSchedule(learning_rate, warmup_steps, decay_schedule)
+    return WarmupSchedule(learning_rate, warmup_steps, decay_schedule, gradient_accumulation_steps)
 
 
 # === Optimizer ===
@@ -241,6 +253,7 @@ def make_optimizer(
         decay=decay,
         decay_power=decay_power,
         end_learning_rate=end_learning_rate,
+        gradient_accumulation_steps=gradient_accumulation_steps,
     )
     optimizer_class = keras.optimizers.AdamW if name == "adamw" else keras.optimizers.Lamb
     optimizer = optimizer_class(
