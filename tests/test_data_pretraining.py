@@ -222,8 +222,8 @@ def test_mask_generator_on_a_hand_made_batch():
         outcomes.add(tuple(positions.tolist()))
         assert masked["token_ids"].numpy()[0, positions].tolist() == [tokenizer.mask_token_id] * len(positions)
         assert masked["mask_ids"].numpy()[0, : len(positions)].tolist() == token_ids.numpy()[0, positions].tolist()
-    # Half of 5 maskable tokens rounds to 3 (target): either the whole three-piece word, or one or
-    # two of the single-piece words plus possibly the long word when it crosses the target.
+    # Half of 5 maskable tokens is 2.5, rounded to 2 or 3: the three-piece word is taken whole or
+    # not at all.
     assert (1, 2, 3) in outcomes
     assert all(set(o) & {1, 2, 3} in (set(), {1, 2, 3}) for o in outcomes)
     assert all(0 not in o and 6 not in o and 7 not in o for o in outcomes)
