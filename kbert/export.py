@@ -2,7 +2,7 @@
 
 TensorFlow Serving watches a base directory `<base>/` and loads every numeric subdirectory
 `<base>/<version>/` as a version of the model as soon as it appears. An export is therefore
-built in a hidden directory beside its version (`.incomplete-<version>-*`, which the server
+built in a hidden directory beside its version (`.incomplete-*`, which the server
 ignores: it is not a number) and renamed into place only when complete, so the server never
 sees half a model; an existing version is never overwritten.
 
