@@ -225,6 +225,8 @@ def resolve_sequence_length(config, model, sequence_length=None):
 def task_reads_text_pair(task):
     """Whether a model directory's task (its `config.json` "task") classifies text pairs."""
     task = task or {}
+    if "text_pair" in task:  # written by `kbert finetune` from the data it trained on
+        return bool(task["text_pair"])
     if task.get("text_pair_column") is not None:
         return True
     return len(task.get("text_columns") or ()) == 2

@@ -305,7 +305,9 @@ def finetune(
         "label_names": list(training_texts.label_names) if training_texts.label_names else None,
         "num_classes": num_classes,
         "metric": metric,
-        "text_columns": list(text_columns) if text_columns else None,
+        "text_columns": (
+            list(text_columns) if text_columns else list(glue.text_columns) if glue else None
+        ),
         "label_column": label_column,
         "text_pair": training_texts.has_text_pair,
     }
