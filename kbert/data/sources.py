@@ -16,6 +16,7 @@ label)` examples for classification.
 import dataclasses
 import logging
 import os
+import re
 
 import tensorflow as tf
 
@@ -283,16 +284,18 @@ def _load_local_labeled_texts(
     if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
         if task is None:
             raise ValueError(f"{source} is a directory; pass task (a GLUE task) or a file path")
-        if split not in task.files:
+        base_split = re.split(r"[\[+]", split)[0]
+        if base_split not in task.files:
             raise ValueError(
                 f"GLUE task {task.name} has no split {split!r} (splits: {', '.join(task.files)})"
             )
-        files = {split: [os.path.join(source, task.files[split])]}
+        files = {base_split: [os.path.join(source, task.files[base_split])]}
     else:
         files = builders._normalise_files(source)
         if isinstance(source, (str, os.PathLike, list, tuple)):
-            # A single file (or list) is the split that was asked for.
-            files = {split: files["train"]}
+            # A single file (or list) is the split that was asked for; a slice such as
+            # "train[:10%]" is read from the whole split.
+            files = {re.split(r"[\[+]", split)[0]: files["train"]}
     first_file = next(iter(files.values()))[0]
     delimiter = builders.delimiter_for(first_file, delimiter)
 
