@@ -181,7 +181,7 @@ def test_vocabulary_size_too_small(files, tmp_path, capsys):
         capsys, "vocab", files / "corpus.txt", "--vocabulary-size", "3",
         "--output", tmp_path / "vocab.txt", "--data-dir", tmp_path / "tfds",
     )
-    assert_one_line_error(code, err, "vocabulary_size=3")
+    assert_one_line_error(code, err, "--vocabulary-size", "got 3")
 
 
 def test_output_directory_holding_a_different_model(files, pretrained, capsys):
@@ -206,3 +206,15 @@ def test_quickstart_offline_runs_every_step(files, tmp_path, capsys):
     assert model_dir.read_config(output / "pretrained")["model"]["class_name"] == "BertMaskedLM"
     assert model_dir.read_config(output / "finetuned")["model"]["class_name"] == "BertClassifier"
     assert f"kbert export --model {output / 'finetuned'}" in out
+
+
+def test_vocab_takes_input_flags(files, tmp_path, capsys):
+    output = tmp_path / "vocab.txt"
+    code, out, err = run_kbert(
+        capsys, "vocab", "--input", files / "corpus.txt", "--vocab-size", "60",
+        "--output", output, "--data-dir", tmp_path / "tfds",
+    )
+    assert code == 0, err
+    tokens = output.read_text(encoding="utf-8").split("\n")
+    assert tokens[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert 5 < len([token for token in tokens if token]) <= 60

@@ -9,14 +9,22 @@ HELP = "Learn a WordPiece vocab.txt from text files or a TFDS dataset, special t
 def add_arguments(parser):
     parser.add_argument(
         "source",
-        nargs="+",
+        nargs="*",
         metavar="SOURCE",
         help=".txt files (blank lines and '= Title =' lines separate documents) or one TFDS "
         "dataset name, such as wikipedia/20230601.en",
     )
+    parser.add_argument(
+        "--input",
+        nargs="+",
+        metavar="FILE",
+        default=[],
+        help="the same as SOURCE, as a flag (as in kbert pretrain)",
+    )
     parser.add_argument("--output", required=True, metavar="FILE", help="the vocab.txt to write")
     parser.add_argument(
         "--vocabulary-size",
+        "--vocab-size",
         type=int,
         default=30522,
         help="the largest number of tokens, special tokens included (default: 30522, as BERT's)",
@@ -54,6 +62,9 @@ def run(args):
         raise UsageError(
             f"--vocabulary-size must leave room beyond the 5 special tokens; got {args.vocabulary_size}"
         )
+    args.source = list(args.source) + list(args.input)
+    if not args.source:
+        raise UsageError("give the text to learn from: SOURCE... or --input FILE...")
     if os.path.exists(args.output) and not args.overwrite:
         raise FileExistsError(f"--output {args.output} exists; pass --overwrite to replace it")
     local = [is_local(source) for source in args.source]
