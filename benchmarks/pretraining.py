@@ -13,29 +13,7 @@ import argparse
 import time
 
 from benchmarks import harness
-
-VOCABULARY_SIZE = 30522
-
-
-def masked_lm_flops_per_step(
-    num_layers, hidden_dim, intermediate_dim, sequence_length, batch_size, num_predictions,
-    vocabulary_size=VOCABULARY_SIZE,
-):
-    """Training FLOPs of one masked-LM step, counted layer by layer (multiply-add = 2).
-
-    Per token and layer: query/key/value/output projections 4*2*H*H, feed-forward
-    2*2*H*I, attention scores and context 2*2*S*H. Per prediction: the transform 2*H*H and
-    the vocabulary projection 2*H*V. The pooler is not trained by the masked-LM loss.
-    Backward costs twice the forward, so training is three times the forward count.
-    """
-    per_token_per_layer = (
-        8 * hidden_dim * hidden_dim
-        + 4 * hidden_dim * intermediate_dim
-        + 4 * sequence_length * hidden_dim
-    )
-    encoder = batch_size * sequence_length * num_layers * per_token_per_layer
-    head = batch_size * num_predictions * (2 * hidden_dim * hidden_dim + 2 * hidden_dim * vocabulary_size)
-    return 3 * (encoder + head)
+from benchmarks.flops import VOCABULARY_SIZE, masked_lm_training_flops
 
 
 def _synthetic_batch(options):
@@ -157,7 +135,7 @@ def run(size="mini", rounds=5, steps=10, precisions=("float32", "mixed_bfloat16"
 
     model_size = kbert.size_config(size)
     base = dict(model_size, sequence_length=128, batch_size=32, num_predictions=20, steps=steps)
-    flops_per_step = masked_lm_flops_per_step(
+    flops_per_step = masked_lm_training_flops(
         model_size["num_layers"], model_size["hidden_dim"], model_size["intermediate_dim"],
         base["sequence_length"], base["batch_size"], base["num_predictions"],
     )

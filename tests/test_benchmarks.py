@@ -1,0 +1,38 @@
+"""Correctness of the benchmarks' FLOP counts (the benchmarks themselves print timings)."""
+
+from benchmarks.flops import classifier_training_flops, masked_lm_training_flops
+
+
+def _matmul(rows, inner, columns):
+    return 2 * rows * inner * columns
+
+
+def _encoder_forward_by_matmul(num_layers, hidden, intermediate, heads, batch, length):
+    """The encoder's matmuls listed one by one, head by head."""
+    head_dim = hidden // heads
+    per_sequence_layer = (
+        4 * _matmul(length, hidden, hidden)  # query, key, value and output projections
+        + heads * _matmul(length, head_dim, length)  # scores: (length, head_dim) x (head_dim, length)
+        + heads * _matmul(length, length, head_dim)  # context: (length, length) x (length, head_dim)
+        + _matmul(length, hidden, intermediate)
+        + _matmul(length, intermediate, hidden)
+    )
+    return batch * num_layers * per_sequence_layer
+
+
+def test_masked_lm_flops_match_a_count_of_every_matmul():
+    encoder = _encoder_forward_by_matmul(2, 16, 32, 4, batch=3, length=8)
+    head = 3 * (_matmul(5, 16, 16) + _matmul(5, 16, 40))  # transform and vocabulary, 5 predictions
+    assert masked_lm_training_flops(2, 16, 32, 8, 3, 5, vocabulary_size=40) == 3 * (encoder + head)
+
+
+def test_classifier_flops_follow_the_padded_length_of_each_batch():
+    def count(length):
+        encoder = _encoder_forward_by_matmul(2, 16, 32, 4, batch=4, length=length)
+        head = 4 * (_matmul(1, 16, 16) + _matmul(1, 16, 3))  # pooler and classes on the first token
+        return 3 * (encoder + head)
+
+    assert classifier_training_flops(2, 16, 32, 8, 4, 3) == count(8)
+    assert classifier_training_flops(2, 16, 32, 16, 4, 3) == count(16)
+    # Attention grows with the square of the length, so a bucket of 8 costs less than half of 16.
+    assert 2 * count(8) < count(16)
