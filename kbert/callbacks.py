@@ -115,6 +115,7 @@ class BackupCallback(keras.callbacks.Callback):
     Args:
         state: the `TrainingState` to write.
         start_step: the global step the current `fit()` call starts from.
+        stop_step: the global step at which to stop (ending the epoch early if needed).
         steps_per_epoch: steps in each epoch of the current `fit()` call.
         backup_every: back up every this many steps, or `None` for epoch ends only.
         run_config: JSON-compatible settings stored with each backup.
@@ -122,11 +123,19 @@ class BackupCallback(keras.callbacks.Callback):
     """
 
     def __init__(
-        self, state, start_step, steps_per_epoch, backup_every=None, run_config=None, write=True
+        self,
+        state,
+        start_step,
+        stop_step,
+        steps_per_epoch,
+        backup_every=None,
+        run_config=None,
+        write=True,
     ):
         super().__init__()
         self.state = state
         self.step = start_step
+        self.stop_step = stop_step
         self.steps_per_epoch = steps_per_epoch
         self.backup_every = backup_every
         self.run_config = run_config
@@ -153,6 +162,10 @@ class BackupCallback(keras.callbacks.Callback):
                 self._model.stop_training = True
                 return
         end_of_epoch = self._batches_done_in_epoch >= self.steps_per_epoch
+        if self.step >= self.stop_step:
+            # Keras still validates and ends the epoch normally after a stop.
+            self._model.stop_training = True
+            end_of_epoch = True
         if self.backup_every and self.step % self.backup_every == 0 and not end_of_epoch:
             self._save()
 

@@ -51,8 +51,8 @@ class Distribution:
 
     def __init__(
         self,
-        strategy,
-        description,
+        strategy="default",
+        description="the default device",
         tf_strategy=None,
         keras_distribution=None,
         device=None,
@@ -135,17 +135,30 @@ class Distribution:
         return dataset
 
     def _distribute_dataset_function(self, dataset_fn, skip_batches, repeat):
+        import tensorflow as tf
+
         def per_pipeline_dataset(input_context):
-            dataset = dataset_fn(input_context)
-            if repeat:
-                dataset = dataset.repeat()
-            if skip_batches:
-                # Each pipeline serves this many replicas per global step.
-                replicas_per_pipeline = (
-                    input_context.num_replicas_in_sync // input_context.num_input_pipelines
-                )
-                dataset = dataset.skip(skip_batches * replicas_per_pipeline)
-            return dataset
+            if not (repeat or skip_batches):
+                return dataset_fn(input_context)
+
+            def fresh_stream(_):
+                dataset = dataset_fn(input_context)
+                if repeat:
+                    dataset = dataset.repeat()
+                if skip_batches:
+                    # Each pipeline serves this many replicas per global step.
+                    replicas_per_pipeline = (
+                        input_context.num_replicas_in_sync // input_context.num_input_pipelines
+                    )
+                    dataset = dataset.skip(skip_batches * replicas_per_pipeline)
+                return dataset
+
+            # Keras may iterate a training dataset twice in one fit() (once to build the
+            # model), and a tf.data pipeline's reshuffling and rerandomizing seeds advance
+            # with every iteration of the same dataset object. Building the pipeline anew
+            # inside flat_map on every iteration makes each batch a function of its step
+            # alone, which is what lets a resumed run see the batches it would have seen.
+            return tf.data.Dataset.range(1).flat_map(fresh_stream).prefetch(tf.data.AUTOTUNE)
 
         if self.tf_strategy is not None:
             return self.tf_strategy.distribute_datasets_from_function(per_pipeline_dataset)

@@ -235,7 +235,7 @@ class PearsonCorrelation(keras.metrics.Metric):
         self.sums.assign(self.sums + batch_sums)
 
     def result(self):
-        count, sum_x, sum_y, sum_xx, sum_yy, sum_xy = ops.unstack(self.sums)
+        count, sum_x, sum_y, sum_xx, sum_yy, sum_xy = ops.unstack(ops.convert_to_tensor(self.sums))
         covariance = sum_xy - sum_x * sum_y / count
         variance_x = sum_xx - sum_x**2 / count
         variance_y = sum_yy - sum_y**2 / count
@@ -293,20 +293,28 @@ class SpearmanCorrelation(keras.metrics.Metric):
                 f"Received: batch_size={size}, max_examples={self.max_examples}"
             )
         # Past capacity the batch overwrites the last slots; result() is NaN by then.
-        start = ops.cast(ops.clip(self.count, 0, self.max_examples - size), "int32")
-        self.labels.assign(ops.slice_update(self.labels, (start,), x))
-        self.predictions.assign(ops.slice_update(self.predictions, (start,), y))
-        self.included.assign(ops.slice_update(self.included, (start,), included))
+        last_start = ops.cast(self.max_examples - size, self.dtype)
+        start = ops.cast(ops.clip(self.count, 0.0, last_start), "int32")
+        for variable, values in (
+            (self.labels, x),
+            (self.predictions, y),
+            (self.included, included),
+        ):
+            variable.assign(ops.slice_update(ops.convert_to_tensor(variable), (start,), values))
         self.count.assign(self.count + ops.cast(ops.shape(x)[0], self.dtype))
 
     def result(self):
+        labels, predictions, included, count = (
+            ops.convert_to_tensor(variable)
+            for variable in (self.labels, self.predictions, self.included, self.count)
+        )
         positions = ops.arange(self.max_examples, dtype=self.dtype)
-        valid = ops.logical_and(self.included > 0, positions < self.count)
+        valid = ops.logical_and(included > 0, positions < count)
         weights = ops.cast(valid, self.dtype)
         correlation = _weighted_pearson(
-            _average_ranks(self.labels, valid), _average_ranks(self.predictions, valid), weights
+            _average_ranks(labels, valid), _average_ranks(predictions, valid), weights
         )
-        return ops.where(self.count <= self.max_examples, correlation, float("nan"))
+        return ops.where(count <= self.max_examples, correlation, float("nan"))
 
     def get_config(self):
         return {"name": self.name, "dtype": self.dtype, "max_examples": self.max_examples}

@@ -20,7 +20,6 @@ Run the same command again after a crash or a kill and `fit` continues from the 
 backup in `runs/mlm/backup`.
 """
 
-import contextlib
 import json
 import math
 import os
@@ -37,6 +36,7 @@ from kbert.callbacks import (
     read_history,
     write_history,
 )
+from kbert.distribution import Distribution
 
 OPTIMIZERS = ("adamw", "lamb")
 DECAYS = ("linear", "polynomial", "cosine", "constant")
@@ -316,19 +316,21 @@ def fit(
     Everything lands in `output_dir`: `backup/` (the training state, every `backup_every`
     steps and at each epoch end), `logs/` (TensorBoard), and `history.json`,
     `history.csv` and `history.png` (loss and metric curves). If `output_dir` holds a
-    backup from an earlier run of the same configuration, training resumes from it, on
-    the same batches an uninterrupted run would have seen next, provided the training
-    data is deterministic (seeded shuffling). If the loss becomes NaN or infinite,
+    backup from an earlier run of the same configuration, training resumes from it and
+    ends with the weights an uninterrupted run would have, provided `train_data` is a
+    dataset function with seeded randomness: each `model.fit()` call gets a fresh
+    pipeline that skips the batches already trained on. If the loss becomes NaN or infinite,
     training stops, the model gets back the weights of the last backup (which is kept) and
     `LossNotFiniteError` says so.
 
     Args:
         model: a compiled Keras model, created (with its optimizer) in
             `distribution.scope()`.
-        train_data: a `tf.data.Dataset` of global batches `(x, y)` or
-            `(x, y, sample_weight)`, or a function `dataset_fn(input_context)` returning a
-            dataset of per-replica batches (see `Distribution.distribute_dataset`).
-            It is repeated, so epochs need not match its length.
+        train_data: a function `dataset_fn(input_context)` returning a dataset of
+            per-replica batches `(x, y)` or `(x, y, sample_weight)` (see
+            `Distribution.distribute_dataset`), or a `tf.data.Dataset` of global batches.
+            It is repeated, so epochs need not match its length. A dataset object cannot
+            be rebuilt, so resuming from one restarts its reshuffling seeds.
         output_dir: the run's directory (created if missing).
         epochs: number of epochs; or give `num_train_steps`.
         steps_per_epoch: batches per epoch; defaults to the length of a finite
@@ -363,13 +365,13 @@ def fit(
             dict(run_config or {}, num_train_steps=num_train_steps, steps_per_epoch=steps_per_epoch)
         )
     )
-    is_chief = distribution is None or distribution.is_chief
+    distribution = distribution or Distribution()
+    is_chief = distribution.is_chief
     if is_chief:
         os.makedirs(output_dir, exist_ok=True)
     state = TrainingState(os.path.join(output_dir, BACKUP_DIR))
 
-    scope = distribution.scope() if distribution is not None else contextlib.nullcontext()
-    with scope:
+    with distribution.scope():
         latest = state.latest()
         if latest is not None and latest.get("run_config") != run_config:
             raise ValueError(
@@ -406,7 +408,7 @@ def fit(
             )
         elif is_chief:
             print("No TensorBoard logs: pip install tensorboard to get them.", flush=True)
-        if validation_data is not None and distribution is not None:
+        if validation_data is not None:
             validation_data = distribution.distribute_dataset(validation_data)
         for first_step, last_step, segment_steps_per_epoch in _segments(
             start_step, num_train_steps, steps_per_epoch
@@ -414,13 +416,14 @@ def fit(
             backup_callback = BackupCallback(
                 state,
                 start_step=first_step,
+                stop_step=last_step,
                 steps_per_epoch=segment_steps_per_epoch,
                 backup_every=backup_every,
                 run_config=run_config,
                 write=is_chief,
             )
             model.fit(
-                _training_input(train_data, distribution, first_step),
+                distribution.distribute_dataset(train_data, skip_batches=first_step, repeat=True),
                 initial_epoch=first_step // steps_per_epoch,
                 epochs=math.ceil(last_step / steps_per_epoch),
                 steps_per_epoch=segment_steps_per_epoch,
@@ -454,31 +457,16 @@ def _segments(start_step, num_train_steps, steps_per_epoch):
     """Splits [start_step, num_train_steps) into `model.fit()` calls of equal-length epochs.
 
     Yields (first_step, last_step, steps_per_epoch) triples: a partial first epoch when
-    resuming mid-epoch, the whole epochs, and a shorter last epoch when the steps do not
-    divide into epochs.
+    resuming mid-epoch, then the rest; a shorter last epoch ends early (BackupCallback
+    stops at `last_step`), so an uninterrupted run is one `fit()` call.
     """
     step = start_step
     if step % steps_per_epoch and step < num_train_steps:
         end = min((step // steps_per_epoch + 1) * steps_per_epoch, num_train_steps)
         yield step, end, end - step
         step = end
-    last_whole_epoch_end = num_train_steps - num_train_steps % steps_per_epoch
-    if step < last_whole_epoch_end:
-        yield step, last_whole_epoch_end, steps_per_epoch
-        step = last_whole_epoch_end
     if step < num_train_steps:
-        yield step, num_train_steps, num_train_steps - step
-
-
-def _training_input(train_data, distribution, skip_batches):
-    if distribution is not None:
-        return distribution.distribute_dataset(train_data, skip_batches=skip_batches, repeat=True)
-    if callable(train_data) and not _is_dataset(train_data):
-        import tensorflow as tf
-
-        train_data = train_data(tf.distribute.InputContext())
-    dataset = train_data.repeat()
-    return dataset.skip(skip_batches) if skip_batches else dataset
+        yield step, num_train_steps, steps_per_epoch
 
 
 def _steps_per_epoch(train_data, steps_per_epoch):
