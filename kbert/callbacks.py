@@ -11,6 +11,7 @@ seeds and overwrites its single file in place; a run killed while writing it has
 to resume from.
 """
 
+import contextlib
 import csv
 import json
 import math
@@ -60,7 +61,8 @@ class TrainingState:
         temporary_path = final_path + ".tmp"
         shutil.rmtree(temporary_path, ignore_errors=True)
         os.makedirs(temporary_path)
-        model.save_weights(os.path.join(temporary_path, WEIGHTS_FILE))
+        with _without_keras_distribution():
+            model.save_weights(os.path.join(temporary_path, WEIGHTS_FILE))
         seed_states = {
             str(index): keras.ops.convert_to_numpy(variable.value)
             for index, variable in enumerate(_seed_state_variables(model))
@@ -94,6 +96,21 @@ class TrainingState:
                 for index, variable in enumerate(variables):
                     variable.assign(seed_states[str(index)])
         return int(latest["step"])
+
+
+@contextlib.contextmanager
+def _without_keras_distribution():
+    # Saving creates throwaway Keras variables; under a multi-process JAX distribution each
+    # creation is a collective that the processes which do not save would never join.
+    distribution = keras.distribution.distribution() if keras.backend.backend() == "jax" else None
+    if distribution is None:
+        yield
+        return
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(distribution)
 
 
 def _seed_state_variables(model):

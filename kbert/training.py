@@ -194,6 +194,55 @@ def make_learning_rate_schedule(
 # === Optimizer ===
 
 
+class _ClipsSummedGradients:
+    """Clips the gradient summed over replicas, as on one device.
+
+    Under a multi-replica tf.distribute strategy, Keras 3 clips each replica's share of
+    the gradient and sums the clipped shares afterwards, so `global_clipnorm` (and
+    `clipnorm`) would bound something else than on one device. Here the shares are summed
+    first, clipped, and handed back as equal shares, which Keras then sums to the clipped
+    total. This costs one more all-reduce of the gradients per step, only when clipping is
+    on and there is more than one replica.
+    """
+
+    def _clip_gradients(self, grads):
+        context = _multi_replica_context()
+        if context is None or not (self.clipnorm or self.global_clipnorm):
+            return super()._clip_gradients(grads)
+        import tensorflow as tf
+
+        present = [index for index, grad in enumerate(grads) if grad is not None]
+        summed = context.all_reduce(tf.distribute.ReduceOp.SUM, [grads[i] for i in present])
+        clipped = super()._clip_gradients(list(summed))
+        share = 1.0 / context.num_replicas_in_sync
+        grads = list(grads)
+        for index, grad in zip(present, clipped):
+            grads[index] = grad * share
+        return grads
+
+
+def _multi_replica_context():
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return None
+    return context
+
+
+@keras.saving.register_keras_serializable(package="kbert")
+class AdamW(_ClipsSummedGradients, keras.optimizers.AdamW):
+    """`keras.optimizers.AdamW` whose gradient clipping holds under tf.distribute."""
+
+
+@keras.saving.register_keras_serializable(package="kbert")
+class Lamb(_ClipsSummedGradients, keras.optimizers.Lamb):
+    """`keras.optimizers.Lamb` whose gradient clipping holds under tf.distribute."""
+
+
+
 def make_optimizer(
     name="adamw",
     learning_rate=1e-4,
@@ -255,7 +304,7 @@ def make_optimizer(
         end_learning_rate=end_learning_rate,
         gradient_accumulation_steps=gradient_accumulation_steps,
     )
-    optimizer_class = keras.optimizers.AdamW if name == "adamw" else keras.optimizers.Lamb
+    optimizer_class = AdamW if name == "adamw" else Lamb
     optimizer = optimizer_class(
         learning_rate=schedule,
         weight_decay=weight_decay,
@@ -366,6 +415,7 @@ def fit(
         )
     )
     distribution = distribution or Distribution()
+    _check_accumulation_is_supported(model, distribution)
     is_chief = distribution.is_chief
     if is_chief:
         os.makedirs(output_dir, exist_ok=True)
@@ -441,6 +491,22 @@ def fit(
             write_history(history, output_dir)
             plot_history(history, os.path.join(output_dir, HISTORY_PLOT))
     return history
+
+
+def _check_accumulation_is_supported(model, distribution):
+    optimizer = getattr(model, "optimizer", None)
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+    if (
+        getattr(optimizer, "gradient_accumulation_steps", None)
+        and distribution.tf_strategy is not None
+        and distribution.num_replicas > 1
+    ):
+        # Keras 3 accumulates inside a tf.cond, where tf.distribute cannot sum gradients.
+        raise ValueError(
+            "--gradient-accumulation-steps does not work under a multi-replica TensorFlow "
+            f"strategy ({distribution.description}); use a larger --batch-size or the JAX "
+            "backend."
+        )
 
 
 def _stop_on_non_finite_loss(model, state, backup_callback):
