@@ -5,7 +5,7 @@
 Runs benchmarks/pretraining.py (float32 and mixed_bfloat16), finetuning.py, serving.py and
 data_pipelines.py in turn, each measuring its contenders in alternation (medians over rounds),
 prints each benchmark's table as it finishes, then a summary: the machine's matmul peaks, each
-kbert figure next to its peer with the ratio and the issue-7 target it is held to, and kbert's
+kbert figure next to its peer with the ratio and the speed target it is held to, and kbert's
 model FLOP utilisation for every training figure. Writes everything to
 benchmarks/results/all.json. `--quick` measures fewer rounds and steps (about 10 minutes on an
 idle 2-core machine); its figures are noisier.
@@ -73,7 +73,7 @@ def _row(benchmark, kbert, peer, kbert_figure, peer_figure, target, higher_is_be
 
 
 def summarize(report):
-    """One row per issue-7 target: kbert's figure, its peer's, the ratio and whether it holds."""
+    """One row per speed target: kbert's figure, its peer's, the ratio and whether it holds."""
     rows = []
     peaks = {}
     targets = {"float32": 1.2, "mixed_bfloat16": 1.5}
