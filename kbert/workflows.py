@@ -109,6 +109,12 @@ def pretrain(
             validation, shuffle=False, seed=1234, input_context=input_context, **data_options
         ).take(validation_steps)
 
+    # Built once here, eagerly, so that bad input (a missing file, an empty corpus) stops the
+    # run with its own message before any model is built; training builds the pipelines
+    # again inside tf.data, where errors would surface wrapped in tracing errors.
+    train_data()
+    if validation:
+        validation_data()
     with distribution.scope():
         backbone = BertBackbone.from_size(
             size,
@@ -299,6 +305,8 @@ def finetune(
             bucket_boundaries=bucket_boundaries, input_context=input_context, **source_options,
         )
 
+    if validation is not None:
+        validation_data()  # eagerly, as in `pretrain`: bad validation input stops here
     tokenizer_settings = dict(tokenizer.get_config(), sequence_length=sequence_length)
     task_settings = {
         "name": glue.name if glue else "classification",
