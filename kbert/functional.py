@@ -13,6 +13,15 @@ class FunctionalModel(keras.Model):
     bypass the module's bookkeeping (the same approach as keras-hub's `Backbone`).
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._initialized = True
+        if keras.config.backend() == "torch":
+            # Keras listed the module's torch parameters while assignments still bypassed
+            # torch.nn.Module, so it had none: zero_grad() cleared nothing and gradients
+            # added up across training steps.
+            self._track_variables()
+
     def __setattr__(self, name, value):
         if keras.config.backend() == "torch" and not hasattr(self, "_initialized"):
             return object.__setattr__(self, name, value)
