@@ -92,7 +92,7 @@ class TrainingState:
         model.load_weights(os.path.join(path, WEIGHTS_FILE))
         with np.load(os.path.join(path, SEEDS_FILE)) as seed_states:
             variables = _seed_state_variables(model)
-            if len(seed_states.files) == len(variables):
+            if all(str(index) in seed_states.files for index in range(len(variables))):
                 for index, variable in enumerate(variables):
                     variable.assign(seed_states[str(index)])
         return int(latest["step"])
