@@ -341,7 +341,7 @@ class CrashAtStep(keras.callbacks.Callback):
 def test_fit_resumes_mid_epoch_with_the_weights_of_an_uninterrupted_run(tmp_path):
     if keras.backend.backend() == "torch":
         # Under PyTorch the resumed run sometimes ends up to 6e-3 away from the
-        # uninterrupted one (seen in one of three runs, never under TensorFlow or JAX), so
+        # uninterrupted one (seen in one of two full runs, never under TensorFlow or JAX), so
         # bit-exact resumption is not established there; the SIGKILL test covers TensorFlow.
         pytest.skip("resumption is not bit-exact under the PyTorch backend")
     # Dropout is on, so this also checks that dropout seeds are restored.
