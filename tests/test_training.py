@@ -339,16 +339,18 @@ class CrashAtStep(keras.callbacks.Callback):
 
 @pytest.mark.backends
 def test_fit_resumes_mid_epoch_with_the_weights_of_an_uninterrupted_run(tmp_path):
-    if keras.backend.backend() == "torch":
-        # Under PyTorch the resumed run sometimes ends up to 6e-3 away from the
-        # uninterrupted one (seen in one of two full runs, never under TensorFlow or JAX), so
-        # bit-exact resumption is not established there; the SIGKILL test covers TensorFlow.
-        pytest.skip("resumption is not bit-exact under the PyTorch backend")
     # Dropout is on, so this also checks that dropout seeds are restored.
-    dropout = 0.1
+    options = dict(dropout=0.1)
+    if keras.backend.backend() == "torch":
+        # PyTorch's unseeded dropout draws from torch's global generator, which its data
+        # loaders draw from too, so only a dropout-free run can match there. Its CPU kernels
+        # may also sum in a different order from run to run; Adam divides near-zero
+        # gradients by their own size, which turns that noise into whole steps, and a large
+        # epsilon keeps it noise.
+        options = dict(dropout=0.0, epsilon=1.0, learning_rate=0.1)
 
     def run(output_dir, callbacks=None):
-        model = tiny_masked_lm(dropout=dropout)
+        model = tiny_masked_lm(**options)
         history = training.fit(
             model,
             # A function: every fit() call rebuilds the pipeline, reshuffled each epoch.
