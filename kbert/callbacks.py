@@ -262,14 +262,16 @@ def write_history(history, output_dir):
     os.makedirs(output_dir, exist_ok=True)
     columns = ["epoch", "step"] + sorted(key for key in history if key not in ("epoch", "step"))
     _write_json_atomically(
-        os.path.join(output_dir, HISTORY_JSON), {key: history[key] for key in columns if key in history}
+        os.path.join(output_dir, HISTORY_JSON),
+        {key: history[key] for key in columns if key in history},
     )
     csv_path = os.path.join(output_dir, HISTORY_CSV)
     with open(csv_path + ".tmp", "w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
         writer.writerow(columns)
         for index in range(len(history.get("epoch", []))):
-            writer.writerow(["" if history[key][index] is None else history[key][index] for key in columns])
+            row = [history[key][index] for key in columns]
+            writer.writerow(["" if value is None else value for value in row])
     os.replace(csv_path + ".tmp", csv_path)
 
 

@@ -376,7 +376,9 @@ def _jax_distribution(
             (num_replicas, model_parallel), ["batch", "model"], devices=devices
         )
         keras_distribution = keras.distribution.ModelParallel(
-            layout_map=bert_layout_map(device_mesh), batch_dim_name="batch", auto_shard_dataset=False
+            layout_map=bert_layout_map(device_mesh),
+            batch_dim_name="batch",
+            auto_shard_dataset=False,
         )
         description = f"ModelParallel over {where} ({num_replicas} x {model_parallel})"
     elif len(devices) > 1 or process_count > 1 or platform is not None:

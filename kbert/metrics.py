@@ -7,7 +7,8 @@ correlations). All are stateful Keras metrics, so `model.evaluate()` reports the
 corpus-level value and they run under every backend and distribution.
 
 Example:
->>> classifier.compile(optimizer, loss, metrics=metrics_for("matthews_correlation", 2))  # doctest: +SKIP
+>>> metrics = metrics_for("matthews_correlation", num_classes=2)
+>>> classifier.compile(optimizer, loss, metrics=metrics)  # doctest: +SKIP
 """
 
 import keras

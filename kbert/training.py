@@ -50,6 +50,8 @@ BACKUP_DIR = "backup"
 LOGS_DIR = "logs"
 
 __all__ = [
+    "AdamW",
+    "Lamb",
     "LossNotFiniteError",
     "WarmupSchedule",
     "fit",
@@ -559,7 +561,9 @@ def _num_train_steps(epochs, steps_per_epoch, num_train_steps):
             raise ValueError(f"Expected --epochs to be a positive integer. Received: {epochs!r}")
         return epochs * steps_per_epoch
     if not isinstance(num_train_steps, int) or num_train_steps < 1:
-        raise ValueError(f"Expected --steps to be a positive integer. Received: {num_train_steps!r}")
+        raise ValueError(
+            f"Expected --steps to be a positive integer. Received: {num_train_steps!r}"
+        )
     return num_train_steps
 
 

@@ -184,7 +184,8 @@ def test_two_jax_processes_on_loopback_train_like_one(tmp_path):
     assert np.abs(single["weights"] - single["initial_weights"]).max() > 1e-3
     # Only process 0 writes the run's files.
     assert (tmp_path / "two" / "history.json").is_file()
-    assert sorted(os.listdir(tmp_path / "two" / "backup")) == ["latest.json", f"step-{NUM_STEPS:09d}"]
+    backups = sorted(os.listdir(tmp_path / "two" / "backup"))
+    assert backups == ["latest.json", f"step-{NUM_STEPS:09d}"]
 
 
 @pytest.mark.slow
@@ -213,11 +214,12 @@ def masked_lm_dataset_fn(input_context):
     dataset = tf.data.Dataset.from_tensor_slices(masked_lm_arrays(32, seed=0))
     dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     batch_size = input_context.get_per_replica_batch_size(GLOBAL_BATCH_SIZE)
-    num_replicas_per_pipeline = input_context.num_replicas_in_sync // input_context.num_input_pipelines
-    # A pipeline serving several replicas yields one per-replica batch for each in turn.
-    return dataset.batch(batch_size * num_replicas_per_pipeline, drop_remainder=True).rebatch(
-        batch_size
+    replicas_per_pipeline = (
+        input_context.num_replicas_in_sync // input_context.num_input_pipelines
     )
+    # A pipeline serving several replicas yields one per-replica batch for each in turn.
+    dataset = dataset.batch(batch_size * replicas_per_pipeline, drop_remainder=True)
+    return dataset.rebatch(batch_size)
 
 
 def train_tiny_masked_lm(distribution, output_dir, **optimizer_options):

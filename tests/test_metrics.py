@@ -85,7 +85,9 @@ def test_pearson_and_spearman_match_scipy_over_many_batches():
     labels = np.round(rng.uniform(0, 5, 40), 1).astype("float32")  # rounded: ties
     predictions = (labels + rng.normal(0, 1.5, 40)).astype("float32")
     predictions[:6] = predictions[6]  # ties among predictions too
-    pearson = update_in_batches(metrics.PearsonCorrelation(), labels, predictions[:, None], batch_size=7)
+    pearson = update_in_batches(
+        metrics.PearsonCorrelation(), labels, predictions[:, None], batch_size=7
+    )
     spearman = update_in_batches(
         metrics.SpearmanCorrelation(max_examples=64), labels, predictions[:, None], batch_size=7
     )
@@ -105,7 +107,9 @@ def test_correlations_leave_out_zero_weight_examples_and_spearman_reports_overfl
     kept = weights > 0
     pearson = update_in_batches(metrics.PearsonCorrelation(), labels, predictions, weights, 6)
     spearman = update_in_batches(metrics.SpearmanCorrelation(32), labels, predictions, weights, 6)
-    assert pearson == pytest.approx(scipy.stats.pearsonr(labels[kept], predictions[kept])[0], abs=1e-5)
+    assert pearson == pytest.approx(
+        scipy.stats.pearsonr(labels[kept], predictions[kept])[0], abs=1e-5
+    )
     assert spearman == pytest.approx(
         scipy.stats.spearmanr(labels[kept], predictions[kept])[0], abs=1e-5
     )
@@ -157,7 +161,9 @@ def test_evaluate_reports_corpus_level_correlations():
     model.compile(loss="mse", metrics=metrics.metrics_for("pearson_spearman", 1))
     results = model.evaluate(x, labels, batch_size=5, return_dict=True, verbose=0)
     predictions = model.predict(x, batch_size=24, verbose=0)[:, 0]
-    assert results["pearson"] == pytest.approx(scipy.stats.pearsonr(labels, predictions)[0], abs=1e-4)
+    assert results["pearson"] == pytest.approx(
+        scipy.stats.pearsonr(labels, predictions)[0], abs=1e-4
+    )
     assert results["spearman"] == pytest.approx(
         scipy.stats.spearmanr(labels, predictions)[0], abs=1e-4
     )

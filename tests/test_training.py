@@ -119,7 +119,9 @@ def test_linear_warmup_then_linear_decay_at_known_steps():
         1e-3, num_train_steps=110, warmup_steps=10, decay="linear"
     )
     # Warmup: peak * step / 10; decay: peak * (1 - (step - 10) / 100).
-    expected = {0: 0.0, 1: 1e-4, 5: 5e-4, 9: 9e-4, 10: 1e-3, 35: 7.5e-4, 60: 5e-4, 110: 0.0, 200: 0.0}
+    expected = {
+        0: 0.0, 1: 1e-4, 5: 5e-4, 9: 9e-4, 10: 1e-3, 35: 7.5e-4, 60: 5e-4, 110: 0.0, 200: 0.0
+    }
     for step, rate in expected.items():
         assert float(schedule(step)) == pytest.approx(rate, abs=1e-9), f"step {step}"
 
@@ -202,7 +204,9 @@ def test_weight_decay_skips_layer_norm_and_bias_variables(name):
             np.testing.assert_allclose(after, before[variable.path] * (1 - 0.1 * 0.5), rtol=1e-6)
             decayed.add(variable.path)
     expected_kept = {
-        path for path in before if path.rsplit("/", 1)[-1] in ("gamma", "beta", "bias", "output_bias")
+        path
+        for path in before
+        if path.rsplit("/", 1)[-1] in ("gamma", "beta", "bias", "output_bias")
     }
     assert kept == expected_kept
     assert "transformer_layer_0/attention_layer_norm/gamma" in kept
@@ -305,7 +309,8 @@ def test_fit_records_history_plot_and_backup(tmp_path):
     )
     assert history["epoch"] == [1, 2, 3]
     assert history["step"] == [4, 8, 10]
-    for key in ("loss", "masked_lm_loss", "masked_lm_accuracy", "val_loss", "val_masked_lm_accuracy"):
+    keys = ("loss", "masked_lm_loss", "masked_lm_accuracy", "val_loss", "val_masked_lm_accuracy")
+    for key in keys:
         assert len(history[key]) == 3 and all(np.isfinite(history[key])), key
     assert read_json(tmp_path / "history.json") == history
     csv_lines = (tmp_path / "history.csv").read_text().splitlines()
@@ -378,7 +383,9 @@ def test_fit_resumes_mid_epoch_with_the_weights_of_an_uninterrupted_run(tmp_path
 
 def test_fit_refuses_a_backup_written_with_other_settings(tmp_path):
     options = dict(num_train_steps=2, steps_per_epoch=2, verbose=0)
-    training.fit(tiny_masked_lm(), masked_lm_dataset(), tmp_path, run_config={"size": "tiny"}, **options)
+    training.fit(
+        tiny_masked_lm(), masked_lm_dataset(), tmp_path, run_config={"size": "tiny"}, **options
+    )
     with pytest.raises(ValueError, match="size: 'tiny' then, 'mini' now"):
         training.fit(
             tiny_masked_lm(), masked_lm_dataset(), tmp_path, run_config={"size": "mini"}, **options

