@@ -33,6 +33,7 @@ def pretrain(
     whole_word_masking=False,
     next_sentence_prediction=False,
     validation=None,
+    validation_split=None,
     validation_steps=20,
     steps_per_epoch=None,
     split="train",
@@ -60,7 +61,10 @@ def pretrain(
         source: `.txt` file(s) or a TFDS dataset name.
         num_train_steps: training steps (batches).
         size: a named size, `tiny` ... `large` or `L{layers}_H{hidden}`.
-        validation: held-out `.txt` file(s) scored at the end of each epoch.
+        validation: held-out `.txt` file(s) (or a TFDS name) scored at the end of each epoch.
+        validation_split: the split of `validation` to score, or, without `validation`, a
+            split of `source` held out from training, e.g. `split="train[:90%]"` with
+            `validation_split="train[90%:]"` (TFDS slicing; documents, not tokens).
         steps_per_epoch: steps between logging, validation and plots (default:
             `min(num_train_steps, 500)`).
         warmup_steps: linear warmup steps (default: 10% of `num_train_steps`).
@@ -103,10 +107,21 @@ def pretrain(
             source, split=split, seed=seed, input_context=input_context, **data_options
         )
 
+    if validation is None and validation_split is not None:
+        validation = source
+        if validation_split == split:
+            raise ValueError(
+                f"--validation-split {validation_split} is the training split; hold out "
+                f"another one, e.g. --split 'train[:90%]' --validation-split 'train[90%:]'"
+            )
+    if validation is not None and validation_split is None:
+        validation_split = "train"
+
     def validation_data(input_context=None):
         # A fixed seed: every evaluation masks the same positions, so epochs compare.
         return pretraining_dataset(
-            validation, shuffle=False, seed=1234, input_context=input_context, **data_options
+            validation, split=validation_split, shuffle=False, seed=1234,
+            input_context=input_context, **data_options
         ).take(validation_steps)
 
     # Built once here, eagerly, so that bad input (a missing file, an empty corpus) stops the
@@ -264,7 +279,7 @@ def finetune(
     keras.utils.set_random_seed(seed)
     tokenizer = BertTokenizer.from_model_dir(init)
     with distribution.scope():
-        backbone = _load_backbone(init)
+        backbone = _load_backbone(init, dropout)
         sequence_length = min(sequence_length, backbone.max_sequence_length)
         model = BertClassifier(backbone, num_classes=num_classes, dropout=dropout)
         _refuse_other_model(output_dir, model)
@@ -368,7 +383,7 @@ def evaluate(
     label_column=None,
     header=None,
     delimiter=None,
-    split="validation",
+    split=None,
     data_dir=None,
     batch_size=32,
     steps=None,
@@ -380,6 +395,10 @@ def evaluate(
     given. A masked LM is scored on held-out text (`.txt` files) with masked-LM loss and
     accuracy, next to the accuracy of the best constant guess (the most frequent masked
     token), the unigram baseline.
+
+    `split` is the split of `data` to read: by default "validation" for a classifier's TFDS
+    data and "train" (all of the text) for a masked LM's `.txt` files, where a slice such as
+    "train[90%:]" scores documents held out with `pretrain(..., validation_split=...)`.
     """
     from kbert.data import classification_dataset, pretraining_dataset
     from kbert.metrics import masked_lm_metrics, metrics_for
@@ -398,7 +417,8 @@ def evaluate(
                 "masked LMs without one"
             )
         dataset = pretraining_dataset(
-            data, tokenizer, batch_size, sequence_length=sequence_length, shuffle=False,
+            data, tokenizer, batch_size, split=split or "train", data_dir=data_dir,
+            sequence_length=sequence_length, shuffle=False,
             seed=1234, num_predictions=model.input["mask_positions"].shape[1], cache=False,
         )
         if steps:
@@ -425,7 +445,8 @@ def evaluate(
     )
     preprocessor = BertPreprocessor(tokenizer, sequence_length=sequence_length)
     dataset = classification_dataset(
-        data, preprocessor, batch_size, split=split, shuffle=False, **source_options
+        data, preprocessor, batch_size, split=split or "validation", shuffle=False,
+        **source_options
     )
     if steps:
         dataset = dataset.take(steps)
@@ -530,7 +551,14 @@ def _without_misleading_warnings():
         yield
 
 
-def _load_backbone(directory):
+def _load_backbone(directory, dropout):
+    """The backbone of model directory `directory`, with `dropout` in all of its layers.
+
+    Fine-tuning sets its own dropout, as BERT's `hidden_dropout_prob` does, whatever rate the
+    checkpoint was pretrained with (often none, for short pretraining runs).
+    """
+    from kbert.backbone import BertBackbone
+
     model = model_dir.load(directory)
     backbone = getattr(model, "backbone", model)
     unused = [layer.name for layer in model.layers if layer is not backbone and layer.weights]
@@ -540,6 +568,10 @@ def _load_backbone(directory):
             file=sys.stderr,
             flush=True,
         )
+    if backbone.dropout != dropout:
+        rebuilt = BertBackbone.from_config(dict(backbone.get_config(), dropout=dropout))
+        rebuilt.set_weights(backbone.get_weights())
+        backbone = rebuilt
     return backbone
 
 

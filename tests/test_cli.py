@@ -94,6 +94,7 @@ def test_finetune_then_evaluate(files, pretrained, tmp_path, capsys):
         capsys, "finetune", "--train", files / "train.tsv", "--validation", files / "dev.tsv",
         "--init", pretrained, "--epochs", "2", "--learning-rate", "1e-3", "--output", output,
         "--data-dir", files / "tfds", "--batch-size", "8", "--sequence-length", "32", "--quiet",
+        "--dropout", "0.05",
     )
     assert code == 0, err
     final_metrics = json.loads(out.strip().splitlines()[-1])
@@ -102,6 +103,8 @@ def test_finetune_then_evaluate(files, pretrained, tmp_path, capsys):
     config = model_dir.read_config(output)
     assert config["task"]["label_names"] == ["0", "1"]
     assert config["tokenizer"]["sequence_length"] == 32
+    # --dropout reaches the whole backbone, not only the classifier head (pretrained with 0.1).
+    assert model_dir.load(output).backbone.dropout == 0.05
 
     code, out, err = run_kbert(
         capsys, "evaluate", "--model", output, "--data", files / "dev.tsv",
@@ -123,7 +126,45 @@ def test_evaluate_a_masked_lm_reports_the_unigram_baseline(files, pretrained, ca
     assert 0.0 <= metrics["masked_lm_accuracy"] <= 1.0
 
 
+def test_pretrain_holds_out_a_split_of_its_input(files, tmp_path, capsys):
+    output = tmp_path / "model"
+    held_out = "train[80%:]"
+    code, _, err = run_kbert(
+        capsys, "pretrain", "--input", files / "corpus.txt", "--vocab", files / "vocab.txt",
+        "--split", "train[:80%]", "--validation-split", held_out, "--steps", "4",
+        "--steps-per-epoch", "4", "--output", output, "--data-dir", files / "tfds", *TINY_MODEL,
+    )
+    assert code == 0, err
+    history = json.loads((output / "history.json").read_text())
+    # Scoring the same held-out documents afterwards, in batches of the same size (masks are
+    # drawn per batch), gives the figure of the last validation.
+    code, out, err = run_kbert(
+        capsys, "evaluate", "--model", output, "--data", files / "corpus.txt", "--split", held_out,
+        "--data-dir", files / "tfds", "--batch-size", "8",
+    )
+    assert code == 0, err
+    metrics = json.loads(out.strip().splitlines()[-1])
+    assert metrics["masked_lm_accuracy"] == pytest.approx(
+        history["val_masked_lm_accuracy"][-1], abs=1e-3
+    )
+    # The whole file scores differently: the slice was really applied.
+    code, out, err = run_kbert(
+        capsys, "evaluate", "--model", output, "--data", files / "corpus.txt",
+        "--data-dir", files / "tfds", "--batch-size", "8",
+    )
+    assert json.loads(out.strip().splitlines()[-1])["loss"] != pytest.approx(metrics["loss"])
+
+
 # === User mistakes: one line, non-zero exit, no traceback ===
+
+
+def test_validation_split_that_is_the_training_split(files, tmp_path, capsys):
+    code, _, err = run_kbert(
+        capsys, "pretrain", "--input", files / "corpus.txt", "--vocab", files / "vocab.txt",
+        "--validation-split", "train", "--steps", "2", "--output", tmp_path / "model",
+        "--data-dir", files / "tfds", *TINY_MODEL,
+    )
+    assert_one_line_error(code, err, "--validation-split train is the training split")
 
 
 def assert_one_line_error(code, err, *expected):

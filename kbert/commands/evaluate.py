@@ -12,7 +12,9 @@ def add_arguments(parser):
     parser.add_argument("--data", required=True, nargs="+", metavar="FILE",
                         help="a TSV/CSV file (or a TFDS name) for a classifier; .txt files for a masked LM")
     parser.add_argument("--task", default=None, help="a GLUE task (default: the model's own)")
-    parser.add_argument("--split", default="validation", help="TFDS split (default: validation)")
+    parser.add_argument("--split", default=None,
+                        help="split to read (default: validation for a TFDS classification set, "
+                             "train, i.e. all of it, for .txt files; slices such as 'train[90%%:]' work)")
     parser.add_argument("--data-dir", default=None, help="TFDS data directory")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
     parser.add_argument("--steps", type=int, default=None, help="score only this many batches")

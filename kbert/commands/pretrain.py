@@ -33,6 +33,10 @@ def add_arguments(parser):
                         help="add BERT's next-sentence-prediction task")
     parser.add_argument("--validation", nargs="+", metavar="FILE", default=None,
                         help="held-out .txt files scored at each epoch end")
+    parser.add_argument("--validation-split", default=None, metavar="SPLIT",
+                        help="split of --validation to score, or without --validation a split of "
+                             "the input held out from training, e.g. --split 'train[:90%%]' "
+                             "--validation-split 'train[90%%:]'")
     parser.add_argument("--output", required=True, metavar="DIR", help="the model directory to write")
     options.add_training_arguments(parser, learning_rate=1e-4)
 
@@ -51,6 +55,7 @@ def run(args):
         whole_word_masking=args.whole_word_masking,
         next_sentence_prediction=args.next_sentence_prediction,
         validation=args.validation,
+        validation_split=args.validation_split,
         steps_per_epoch=args.steps_per_epoch,
         warmup_steps=args.warmup_steps,
         split=args.split,

@@ -263,7 +263,8 @@ def pretraining_dataset(
         split: the split of `source` to read.
         text_key: the text feature of a named TFDS dataset.
         data_dir: the TFDS data directory.
-        shuffle: shuffle documents and sequences (every epoch).
+        shuffle: shuffle documents and sequences, and mask anew, every epoch; without it the
+            batches and their masks are the same on every pass (for evaluation).
         seed: seed for shuffling and masking; the same seed gives the same batches.
         shuffle_buffer_size: sequences in the shuffle buffer.
         cache: keep the tokenized documents in memory (`True`) or in files at this path prefix,
@@ -322,8 +323,15 @@ def pretraining_dataset(
     if shuffle:
         chunks = chunks.shuffle(shuffle_buffer_size, seed=seed)
     batches = chunks.batch(batch_size, drop_remainder=drop_remainder)
-    # One stateless seed per batch, different every epoch, reproducible from `seed`.
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    if shuffle:
+        # One stateless seed per batch, different every epoch, reproducible from `seed`.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    else:
+        # Evaluation: the same masks on every pass and in every process, whatever the global
+        # seed (which `Dataset.random` would mix in): (seed, batch number).
+        seeds = tf.data.Dataset.counter(dtype=tf.int64).map(
+            lambda index: tf.stack([tf.constant(seed or 0, tf.int64), index])
+        )
     batches = tf.data.Dataset.zip(batches, seeds)
 
     def make_example(chunk_batch, seed):
