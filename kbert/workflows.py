@@ -80,7 +80,6 @@ def pretrain(
     from kbert.backbone import BertBackbone
     from kbert.data import pretraining_dataset
     from kbert.masked_lm import BertMaskedLM
-    from kbert.metrics import masked_lm_metrics
     from kbert.tokenizer import BertTokenizer
 
     _check_positive("--steps", num_train_steps)
@@ -139,27 +138,16 @@ def pretrain(
         )
         model = BertMaskedLM(backbone, next_sentence_prediction=next_sentence_prediction)
         _refuse_other_model(output_dir, model)
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        weighted_metrics = masked_lm_metrics()
-        if next_sentence_prediction:
-            loss = {"mlm": loss, "nsp": keras.losses.SparseCategoricalCrossentropy(from_logits=True)}
-            weighted_metrics = {
-                "mlm": weighted_metrics,
-                "nsp": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-            }
-        model.compile(
-            optimizer=training.make_optimizer(
-                optimizer,
-                learning_rate,
-                num_train_steps=num_train_steps,
-                warmup_steps=warmup_steps,
-                weight_decay=weight_decay,
-                gradient_accumulation_steps=gradient_accumulation_steps,
-                precision=precision,
-            ),
-            loss=loss,
-            weighted_metrics=weighted_metrics,
+        _compile(
+            model,
             jit_compile=jit_compile,
+            name=optimizer,
+            learning_rate=learning_rate,
+            num_train_steps=num_train_steps,
+            warmup_steps=warmup_steps,
+            weight_decay=weight_decay,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            precision=precision,
         )
     tokenizer_settings = dict(tokenizer.get_config(), sequence_length=sequence_length)
     with _without_misleading_warnings():
@@ -249,12 +237,11 @@ def finetune(
     from kbert.classifier import BertClassifier
     from kbert.data import classification_dataset, load_labeled_texts
     from kbert.data.sources import is_local
-    from kbert.metrics import metrics_for
     from kbert.tokenizer import BertPreprocessor, BertTokenizer
 
     _check_positive("--epochs", epochs)
     _check_positive("--batch-size", batch_size)
-    init_config = model_dir.read_config(init)
+    model_dir.read_config(init)  # a bad --init stops here, before the data is read
     source_options = dict(
         task=task,
         text_columns=text_columns,
@@ -288,23 +275,17 @@ def finetune(
         if steps_per_epoch is None:
             raise ValueError(f"Could not count the training examples of {train}")
         num_train_steps = epochs * steps_per_epoch
-        model.compile(
-            optimizer=training.make_optimizer(
-                optimizer,
-                learning_rate,
-                num_train_steps=num_train_steps,
-                warmup_steps=int(warmup_ratio * num_train_steps),
-                weight_decay=weight_decay,
-                gradient_accumulation_steps=gradient_accumulation_steps,
-                precision=precision,
-            ),
-            loss=(
-                keras.losses.MeanSquaredError()
-                if num_classes == 1
-                else keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-            ),
-            metrics=metrics_for(metric, num_classes),
+        _compile(
+            model,
+            metric=metric,
             jit_compile=jit_compile,
+            name=optimizer,
+            learning_rate=learning_rate,
+            num_train_steps=num_train_steps,
+            warmup_steps=int(warmup_ratio * num_train_steps),
+            weight_decay=weight_decay,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            precision=precision,
         )
     bucket_boundaries = "auto" if bucket else None
 
@@ -401,7 +382,6 @@ def evaluate(
     "train[90%:]" scores documents held out with `pretrain(..., validation_split=...)`.
     """
     from kbert.data import classification_dataset, pretraining_dataset
-    from kbert.metrics import masked_lm_metrics, metrics_for
     from kbert.tokenizer import BertPreprocessor, BertTokenizer
 
     config = model_dir.read_config(directory)
@@ -423,10 +403,7 @@ def evaluate(
         )
         if steps:
             dataset = dataset.take(steps)
-        model.compile(
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            weighted_metrics=masked_lm_metrics(),
-        )
+        _compile(model)
         with _without_misleading_warnings():
             metrics = model.evaluate(dataset, return_dict=True, verbose=0)
         metrics["unigram_baseline_accuracy"] = _most_frequent_target_share(dataset)
@@ -450,15 +427,7 @@ def evaluate(
     )
     if steps:
         dataset = dataset.take(steps)
-    num_classes = model.num_classes
-    model.compile(
-        loss=(
-            keras.losses.MeanSquaredError()
-            if num_classes == 1
-            else keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        ),
-        metrics=metrics_for(saved_task.get("metric", "accuracy"), num_classes),
-    )
+    _compile(model, metric=saved_task.get("metric", "accuracy"))
     with _without_misleading_warnings():
         return _round(model.evaluate(dataset, return_dict=True, verbose=0))
 
@@ -549,6 +518,40 @@ def _without_misleading_warnings():
             "ignore", message=r"Gradients do not exist for variables \['pooled_dense"
         )
         yield
+
+
+def _compile(model, metric=None, jit_compile="auto", **optimizer_options):
+    """Compiles `model` with the loss and metrics of its task.
+
+    A masked LM gets masked-LM loss and weighted accuracy (and next-sentence accuracy with an
+    NSP head), a classifier cross-entropy (mean squared error for regression) and `metric`,
+    its task's GLUE metric. `optimizer_options` go to `kbert.training.make_optimizer`; without
+    them the model is compiled for evaluation only.
+    """
+    from kbert import training
+    from kbert.masked_lm import BertMaskedLM
+    from kbert.metrics import masked_lm_metrics, metrics_for
+
+    cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if isinstance(model, BertMaskedLM):
+        losses = dict(loss=cross_entropy, weighted_metrics=masked_lm_metrics())
+        if model.next_sentence_prediction:
+            losses = dict(
+                loss={"mlm": cross_entropy, "nsp": cross_entropy},
+                weighted_metrics={
+                    "mlm": losses["weighted_metrics"],
+                    "nsp": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                },
+            )
+    else:
+        regression = model.num_classes == 1
+        losses = dict(
+            loss=keras.losses.MeanSquaredError() if regression else cross_entropy,
+            metrics=metrics_for(metric or "accuracy", model.num_classes),
+        )
+    if optimizer_options:
+        losses["optimizer"] = training.make_optimizer(**optimizer_options)
+    model.compile(jit_compile=jit_compile, **losses)
 
 
 def _load_backbone(directory, dropout):

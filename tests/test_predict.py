@@ -11,7 +11,7 @@ import pytest
 import kbert
 from kbert.cli import main
 from kbert.serving import SavedModelServer
-from test_export import LABEL_NAMES, example, reference_inputs, write_model_dir
+from test_export import LABEL_NAMES, reference_inputs, write_model_dir
 
 PAIR_LINES = [
     b"the cat sat\ton the mat",
