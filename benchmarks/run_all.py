@@ -72,6 +72,13 @@ def _row(benchmark, kbert, peer, kbert_figure, peer_figure, target, higher_is_be
     }
 
 
+def _fastest_kbert(report, benchmark, figure):
+    """kbert's best `figure` over all precisions of `benchmark` in `report` (None if absent)."""
+    results = (report.get(benchmark) or {}).get("precisions", {}).values()
+    figures = [row[figure] for result in results for row in result["rows"] if row["name"].startswith("kbert")]
+    return max(figures, default=None)
+
+
 def summarize(report):
     """One row per speed target: kbert's figure, its peer's, the ratio and whether it holds."""
     rows = []
@@ -116,27 +123,15 @@ def summarize(report):
                 data[task][kbert]["sequences_per_second"], data[task]["keras-hub"]["sequences_per_second"], None,
             ))
         # The pipeline must outpace training on the same cores by 5x.
-        pretraining_result = (report.get("pretraining") or {}).get("precisions", {})
-        if pretraining_result:
-            fastest = max(
-                row["tokens_per_second"]
-                for result in pretraining_result.values()
-                for row in result["rows"]
-                if row["name"].startswith("kbert")
-            )
+        fastest = _fastest_kbert(report, "pretraining", "tokens_per_second")
+        if fastest:
             training_sequences = fastest / report["pretraining"]["config"]["sequence_length"]
             rows.append(_row(
                 "pretraining pipeline / training, sequences/s", "kbert", "kbert training",
                 data["pretraining"]["kbert"]["sequences_per_second"], training_sequences, 5,
             ))
-        finetuning_result = (report.get("finetuning") or {}).get("precisions", {})
-        if finetuning_result:
-            training_examples = max(
-                row["examples_per_second"]
-                for result in finetuning_result.values()
-                for row in result["rows"]
-                if row["name"].startswith("kbert")
-            )
+        training_examples = _fastest_kbert(report, "finetuning", "examples_per_second")
+        if training_examples:
             rows.append(_row(
                 "classification pipeline / training, sequences/s", "kbert buckets", "kbert training",
                 data["classification"]["kbert buckets"]["sequences_per_second"], training_examples, 5,
