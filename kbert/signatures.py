@@ -130,7 +130,8 @@ def _classifier_endpoints(model, preprocessor, label_names, text_pair):
         return {"probabilities": probabilities, "label_id": label_id, "label": label}
 
     def from_text(text, text_pair=None):
-        return from_token_ids(**preprocessor(text, text_pair))
+        # Padded to the longest request of the batch, not to the model's sequence length.
+        return from_token_ids(**preprocessor(text, text_pair, pad_to_longest=True))
 
     def from_examples(inputs):
         features = tf.io.parse_example(
@@ -193,7 +194,7 @@ def _masked_lm_endpoints(model, preprocessor, top_k):
         )
         piece_ids = tf.concat([piece_ids, mask_ids], axis=1)
         token_ids = tf.RaggedTensor.from_row_lengths(piece_ids, pieces.row_lengths())
-        inputs = preprocessor.pack(token_ids.merge_dims(1, 2))  # (batch, sequence_length) each
+        inputs = preprocessor.pack(token_ids.merge_dims(1, 2), pad_to_longest=True)  # (batch, longest)
         sequence_length = tf.shape(inputs["token_ids"])[1]
         positions = tf.ragged.boolean_mask(
             tf.broadcast_to(tf.range(sequence_length), tf.shape(inputs["token_ids"])),

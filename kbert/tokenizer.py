@@ -277,25 +277,28 @@ class BertPreprocessor(tf.Module):
         self.tokenizer = tokenizer
         self.sequence_length = sequence_length
 
-    def __call__(self, text, text_pair=None):
+    def __call__(self, text, text_pair=None, pad_to_longest=False):
         """Tokenizes and packs a batch.
 
         Args:
             text: tf.string tensor of shape (batch,).
             text_pair: optional second segment, tf.string tensor of shape (batch,).
+            pad_to_longest: pad only as far as the longest packed row of the batch (at most
+                `sequence_length`), as serving does: padded positions cannot change a BERT's
+                outputs at real tokens, and short requests should not pay for the full length.
 
         Returns:
             dict of int32 tensors of shape (batch, sequence_length): `token_ids`, `segment_ids`
             and `padding_mask`.
         """
         token_ids_pair = None if text_pair is None else self.tokenizer(text_pair)
-        return self.pack(self.tokenizer(text), token_ids_pair)
+        return self.pack(self.tokenizer(text), token_ids_pair, pad_to_longest=pad_to_longest)
 
-    def pack(self, token_ids, token_ids_pair=None, sequence_length=None):
+    def pack(self, token_ids, token_ids_pair=None, sequence_length=None, pad_to_longest=False):
         """Packs already tokenized segments (ragged int32, shape (batch, (tokens))).
 
         `sequence_length` overrides the preprocessor's own (it may be a scalar tensor), which is how
-        length-bucketed batches are packed.
+        length-bucketed batches are packed; `pad_to_longest` is as in `__call__`.
         """
         sequence_length = self.sequence_length if sequence_length is None else sequence_length
         segments = [token_ids] if token_ids_pair is None else [token_ids, token_ids_pair]
@@ -309,6 +312,10 @@ class BertPreprocessor(tf.Module):
             start_of_sequence_id=self.tokenizer.cls_token_id,
             end_of_segment_id=self.tokenizer.sep_token_id,
         )
+        if pad_to_longest:
+            # Every row holds at least its special tokens, which also covers an empty batch.
+            longest = tf.reduce_max(token_ids.row_lengths())
+            sequence_length = tf.cast(tf.maximum(longest, num_special_tokens), tf.int32)
         token_ids, padding_mask = tf_text.pad_model_inputs(
             token_ids, sequence_length, pad_value=self.tokenizer.pad_token_id
         )

@@ -61,7 +61,14 @@ def test_saved_model_and_model_directory_predict_the_same(pair_model, tmp_path, 
         ["--model", pair_model["base_dir"], "the cat sat\ton the mat", "a good film\tnot a bad movie"],
         capsys,
     )
-    assert from_arguments == served[:2]
+    # The same answers; probabilities only within rounding, since the signature pads each
+    # batch to its own longest row and these two rows form a batch of their own.
+    assert [row["label"] for row in from_arguments] == [row["label"] for row in served[:2]]
+    np.testing.assert_allclose(
+        [row["probabilities"] for row in from_arguments],
+        [row["probabilities"] for row in served[:2]],
+        atol=1e-6,
+    )
 
 
 def test_request_bodies_are_answered_as_the_rest_api_answers_them(pair_model, tmp_path):

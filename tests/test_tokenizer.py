@@ -217,6 +217,21 @@ def test_preprocessor_truncates_the_longest_segment_first():
     assert packed["token_ids"].numpy().tolist() == [[2, 7, 6, 3, 0]]
 
 
+def test_preprocessor_pads_to_the_longest_row_when_asked():
+    preprocessor = BertPreprocessor(BertTokenizer(TINY_VOCABULARY), sequence_length=8)
+    texts = tf.constant(["good", "good film"])
+    full = preprocessor(texts)
+    short = preprocessor(texts, pad_to_longest=True)
+    # [CLS] good film [SEP] is the longest row: 4 positions, the first 4 of the full padding.
+    for name in ("token_ids", "segment_ids", "padding_mask"):
+        assert short[name].shape == (2, 4), name
+        np.testing.assert_array_equal(short[name].numpy(), full[name].numpy()[:, :4])
+    # Never beyond sequence_length, and an empty batch still packs.
+    long_text = tf.constant(["the film the film the film the film"])
+    assert preprocessor(long_text, pad_to_longest=True)["token_ids"].shape == (1, 8)
+    assert preprocessor(tf.constant([], tf.string), pad_to_longest=True)["token_ids"].shape[0] == 0
+
+
 @pytest.fixture(scope="module")
 def wikitext_vocabulary(shared_data, tmp_path_factory):
     from kbert import cli
