@@ -141,6 +141,9 @@ class Distribution:
             if not (repeat or skip_batches):
                 return dataset_fn(input_context)
 
+            # Plain Python that builds a pipeline: nothing for AutoGraph to convert (it would
+            # only warn about the TFDS methods it cannot read).
+            @tf.autograph.experimental.do_not_convert
             def fresh_stream(_):
                 dataset = dataset_fn(input_context)
                 if repeat:

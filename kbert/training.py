@@ -236,7 +236,42 @@ def _multi_replica_context():
 
 @keras.saving.register_keras_serializable(package="kbert")
 class AdamW(_ClipsSummedGradients, keras.optimizers.AdamW):
-    """`keras.optimizers.AdamW` whose gradient clipping holds under tf.distribute."""
+    """`keras.optimizers.AdamW` whose gradient clipping holds under tf.distribute.
+
+    On the TensorFlow backend the Adam update of each variable is TensorFlow's fused
+    `ResourceApplyAdam` kernel: one pass over the variable, its two moments and its gradient,
+    where Keras builds about ten element-wise ops, each a pass over memory (measured at a
+    tenth of a `mini` pretraining step). It computes the same update as Keras' `Adam`:
+    moments `m += (1 - beta_1) (g - m)`, `v += (1 - beta_2) (g^2 - v)`, then
+    `variable -= lr sqrt(1 - beta_2^t) / (1 - beta_1^t) m / (sqrt(v) + epsilon)`. Decoupled
+    weight decay is Keras' own, applied before it.
+    """
+
+    def update_step(self, gradient, variable, learning_rate):
+        if keras.backend.backend() != "tensorflow" or self.amsgrad:
+            return super().update_step(gradient, variable, learning_rate)
+        import tensorflow as tf
+
+        index = self._get_variable_index(variable)
+        momentum, velocity = self._momentums[index], self._velocities[index]
+        dtype = variable.dtype
+        beta_1 = tf.cast(self.beta_1, dtype)
+        beta_2 = tf.cast(self.beta_2, dtype)
+        step = tf.cast(self.iterations + 1, dtype)
+        # `.handle` of a Keras variable, or under tf.distribute of the variable's copy on the
+        # device being updated.
+        tf.raw_ops.ResourceApplyAdam(
+            var=variable.handle,
+            m=momentum.value.handle,
+            v=velocity.value.handle,
+            beta1_power=tf.pow(beta_1, step),
+            beta2_power=tf.pow(beta_2, step),
+            lr=tf.cast(learning_rate, dtype),
+            beta1=beta_1,
+            beta2=beta_2,
+            epsilon=tf.cast(self.epsilon, dtype),
+            grad=tf.cast(tf.convert_to_tensor(gradient), dtype),
+        )
 
 
 @keras.saving.register_keras_serializable(package="kbert")

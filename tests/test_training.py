@@ -217,6 +217,30 @@ def test_weight_decay_skips_layer_norm_and_bias_variables(name):
 
 
 @pytest.mark.backends
+def test_adamw_update_equals_adam_computed_by_hand():
+    # On TensorFlow kbert's AdamW runs TF's fused Adam kernel; on every backend its updates are
+    # the textbook ones (decoupled weight decay first, then bias-corrected Adam).
+    rng = np.random.default_rng(5)
+    initial = rng.normal(size=(3, 4)).astype("float32")
+    gradients = rng.normal(size=(4, 3, 4)).astype("float32")
+    learning_rate, weight_decay, beta_1, beta_2, epsilon = 0.01, 0.1, 0.9, 0.999, 1e-6
+    variable = keras.Variable(initial, name="kernel")
+    optimizer = training.make_optimizer(
+        "adamw", learning_rate, decay="constant", weight_decay=weight_decay, global_clipnorm=None
+    )
+    expected, m, v = initial.astype("float64"), 0.0, 0.0
+    for step, gradient in enumerate(gradients, start=1):
+        optimizer.apply_gradients([(keras.ops.convert_to_tensor(gradient), variable)])
+        expected = expected - learning_rate * weight_decay * expected
+        m = beta_1 * m + (1 - beta_1) * gradient
+        v = beta_2 * v + (1 - beta_2) * gradient.astype("float64") ** 2
+        alpha = learning_rate * np.sqrt(1 - beta_2**step) / (1 - beta_1**step)
+        expected = expected - alpha * m / (np.sqrt(v) + epsilon)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(variable), expected, atol=1e-6)
+    assert not np.allclose(expected, initial, atol=1e-3)  # the updates were not negligible
+
+
+@pytest.mark.backends
 def test_gradient_accumulation_matches_one_larger_batch():
     rng = np.random.default_rng(3)
     x = rng.normal(size=(16, 6)).astype("float32")
