@@ -478,16 +478,19 @@ def quickstart(
         documents = load_documents(corpus, split=corpus_split, text_key=text_key, data_dir=data_dir)
         write_vocabulary(train_vocabulary(documents, vocabulary_size), vocabulary_path)
     _step(2, f"pretraining a {size} BERT for {pretrain_steps} steps", pretrained_dir)
+    # A run this short underfits: a larger learning rate and no dropout, as in
+    # recipes/pretrain_wikitext2_mini.sh; fine-tuning puts dropout back.
     pretrain(
         pretrained_dir, vocabulary_path, corpus, pretrain_steps, size=size,
         sequence_length=sequence_length, batch_size=batch_size, split=corpus_split,
-        text_key=text_key, seed=seed, data_dir=data_dir, verbose=verbose,
+        text_key=text_key, learning_rate=5e-4, dropout=0.0, seed=seed, data_dir=data_dir,
+        verbose=verbose,
     )
     _step(3, f"fine-tuning on {train}", finetuned_dir)
     _, metrics = finetune(
         finetuned_dir, pretrained_dir, train, validation, task=task, epochs=finetune_epochs,
-        batch_size=batch_size, sequence_length=sequence_length, seed=seed, data_dir=data_dir,
-        verbose=verbose,
+        batch_size=batch_size, sequence_length=sequence_length, learning_rate=1e-4, seed=seed,
+        data_dir=data_dir, verbose=verbose,
     )
     print(
         f"\nDone. The fine-tuned model is in {finetuned_dir} (validation: {json.dumps(metrics)}).\n"
