@@ -20,7 +20,6 @@ padded length each batch really has (benchmarks/flops.py): for bucketed batches,
 over one full epoch of the pipeline.
 """
 
-import argparse
 import os
 import tempfile
 import time
@@ -211,17 +210,9 @@ def run(size="mini", rounds=5, steps=20, precisions=("float32",)):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="mini")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=20, help="training steps per measurement")
-    parser.add_argument("--precision", action="append", help="float32 and/or mixed_bfloat16")
-    parser.add_argument("--output", default=os.path.join(harness.BENCHMARKS_DIR, "results", "finetuning.json"))
-    args = parser.parse_args()
-    report = run(args.size, args.rounds, args.steps, tuple(args.precision or ("float32",)))
-    if report is None:
-        parser.exit(2)
-    harness.write_json(args.output, report)
+    harness.training_benchmark_main(
+        __doc__.split("\n\n")[0], run, "finetuning", steps=20, precisions=("float32",)
+    )
 
 
 if __name__ == "__main__":

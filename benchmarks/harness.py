@@ -135,6 +135,28 @@ def write_json(path, value):
     print(f"wrote {path}")
 
 
+def training_benchmark_main(description, run, name, steps, precisions):
+    """The command line of a training benchmark: `run(size, rounds, steps, precisions)`.
+
+    Takes `--size`, `--rounds`, `--steps` (default `steps`), `--precision` (repeatable,
+    default `precisions`) and `--output` (default benchmarks/results/NAME.json); writes the
+    report `run` returns, or exits with code 2 where it returns None (its data is missing).
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--size", default="mini")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=steps, help="training steps per measurement")
+    parser.add_argument("--precision", action="append", help="float32 and/or mixed_bfloat16")
+    parser.add_argument("--output", default=os.path.join(BENCHMARKS_DIR, "results", f"{name}.json"))
+    args = parser.parse_args()
+    report = run(args.size, args.rounds, args.steps, tuple(args.precision or precisions))
+    if report is None:
+        parser.exit(2)
+    write_json(args.output, report)
+
+
 def _serve(module_name, options):
     """Worker side: set up, warm up, then measure on each request from the parent."""
     import importlib

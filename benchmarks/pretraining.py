@@ -11,7 +11,6 @@ the kbert/peer ratios and kbert's model FLOP utilisation against the machine's m
 matmul peak.
 """
 
-import argparse
 import time
 
 from benchmarks import harness
@@ -206,15 +205,10 @@ def run(size="mini", rounds=5, steps=10, precisions=("float32", "mixed_bfloat16"
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="mini")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=10, help="training steps per measurement")
-    parser.add_argument("--precision", action="append", help="float32 and/or mixed_bfloat16")
-    parser.add_argument("--output", default="benchmarks/results/pretraining.json")
-    args = parser.parse_args()
-    report = run(args.size, args.rounds, args.steps, tuple(args.precision or ("float32", "mixed_bfloat16")))
-    harness.write_json(args.output, report)
+    harness.training_benchmark_main(
+        __doc__.split("\n\n")[0], run, "pretraining", steps=10,
+        precisions=("float32", "mixed_bfloat16"),
+    )
 
 
 if __name__ == "__main__":

@@ -240,8 +240,8 @@ class AdamW(_ClipsSummedGradients, keras.optimizers.AdamW):
 
     On the TensorFlow backend the Adam update of each variable is TensorFlow's fused
     `ResourceApplyAdam` kernel: one pass over the variable, its two moments and its gradient,
-    where Keras builds about ten element-wise ops, each a pass over memory (measured at a
-    tenth of a `mini` pretraining step). It computes the same update as Keras' `Adam`:
+    where Keras builds about ten element-wise ops, each a pass over memory. It computes the
+    same update as Keras' `Adam`:
     moments `m += (1 - beta_1) (g - m)`, `v += (1 - beta_2) (g^2 - v)`, then
     `variable -= lr sqrt(1 - beta_2^t) / (1 - beta_1^t) m / (sqrt(v) + epsilon)`. Decoupled
     weight decay is Keras' own, applied before it.
@@ -277,7 +277,6 @@ class AdamW(_ClipsSummedGradients, keras.optimizers.AdamW):
 @keras.saving.register_keras_serializable(package="kbert")
 class Lamb(_ClipsSummedGradients, keras.optimizers.Lamb):
     """`keras.optimizers.Lamb` whose gradient clipping holds under tf.distribute."""
-
 
 
 def make_optimizer(
