@@ -128,21 +128,15 @@ class BertBackbone(FunctionalModel):
         token_id_input = keras.Input(shape=(None,), dtype="int32", name="token_ids")
         segment_id_input = keras.Input(shape=(None,), dtype="int32", name="segment_ids")
         padding_mask_input = keras.Input(shape=(None,), dtype="int32", name="padding_mask")
-        tokens = self.token_embedding(token_id_input)  # (batch, seq, hidden)
-        positions = self.position_embedding(tokens)
-        segments = self.segment_embedding(segment_id_input)
-        x = self.embeddings_layer_norm(ops.add(ops.add(tokens, positions), segments))
-        x = self.embeddings_dropout(x)
-        for transformer_layer in self.transformer_layers:
-            x = transformer_layer(x, padding_mask=padding_mask_input)
-        sequence_output = x  # (batch, seq, hidden), float32
-        pooled_output = self.pooled_dense(x[:, 0, :])  # (batch, hidden)
+        inputs = {
+            "token_ids": token_id_input,
+            "segment_ids": segment_id_input,
+            "padding_mask": padding_mask_input,
+        }
+        sequence_output = self.encode(inputs)  # (batch, seq, hidden), float32
+        pooled_output = self.pooled_dense(sequence_output[:, 0, :])  # (batch, hidden)
         super().__init__(
-            inputs={
-                "token_ids": token_id_input,
-                "segment_ids": segment_id_input,
-                "padding_mask": padding_mask_input,
-            },
+            inputs=inputs,
             outputs={"sequence_output": sequence_output, "pooled_output": pooled_output},
             dtype=dtype,
             **kwargs,
@@ -159,6 +153,35 @@ class BertBackbone(FunctionalModel):
         self.num_segments = num_segments
 
     def call(self, inputs, training=None, mask=None):
+        self._check_sequence_length(inputs)
+        return super().call(inputs, training=training, mask=mask)
+
+    def encode(self, inputs, query_positions=None, training=None):
+        """The final hidden states: (batch, seq, hidden), float32.
+
+        This is `sequence_output`, computed by the backbone's layers outside its functional
+        graph, so that heads can ask for less: with `query_positions` (batch, num_queries),
+        the last block runs only at those positions and the result is
+        (batch, num_queries, hidden), the rows of `sequence_output` at them. Every position
+        still attends and is attended to in the blocks below.
+        """
+        self._check_sequence_length(inputs)
+        tokens = self.token_embedding(inputs["token_ids"])  # (batch, seq, hidden)
+        positions = self.position_embedding(tokens)
+        segments = self.segment_embedding(inputs["segment_ids"])
+        x = self.embeddings_layer_norm(ops.add(ops.add(tokens, positions), segments))
+        x = self.embeddings_dropout(x, training=training)
+        last = len(self.transformer_layers) - 1
+        for index, transformer_layer in enumerate(self.transformer_layers):
+            x = transformer_layer(
+                x,
+                padding_mask=inputs["padding_mask"],
+                query_positions=query_positions if index == last else None,
+                training=training,
+            )
+        return x
+
+    def _check_sequence_length(self, inputs):
         # Caught here with a clear message; past the table, position embeddings fail deep
         # inside a slice op with a different error on each backend.
         sequence_length = getattr(inputs.get("token_ids"), "shape", (None, None))[1]
@@ -167,7 +190,6 @@ class BertBackbone(FunctionalModel):
                 "Expected token_ids with at most max_sequence_length="
                 f"{self.max_sequence_length} positions. Received: {sequence_length} positions"
             )
-        return super().call(inputs, training=training, mask=mask)
 
     @classmethod
     def from_size(cls, size, vocabulary_size, **kwargs):

@@ -131,8 +131,20 @@ class TransformerEncoder(keras.layers.Layer):
         self.output_layer_norm.build(input_shape)
         self.built = True
 
-    def call(self, inputs, padding_mask, training=None):
-        query = self.query_dense(inputs)  # (batch, seq, heads, head_dim)
+    def call(self, inputs, padding_mask, query_positions=None, training=None):
+        """Runs the block; with `query_positions`, only at those positions.
+
+        `query_positions` (batch, num_queries) restricts the queries, and so the whole block
+        after the key and value projections, to some positions: the output is then
+        (batch, num_queries, hidden), the rows of the full output at those positions, every
+        position still serving as a key. A masked LM's last block needs only its masked
+        positions, which spares it most of that block's work.
+        """
+        queries = inputs
+        if query_positions is not None:
+            positions = ops.cast(query_positions, "int32")[:, :, None]
+            queries = ops.take_along_axis(inputs, positions, axis=1)
+        query = self.query_dense(queries)  # (batch, query_seq, heads, head_dim)
         key = self.key_dense(inputs)
         value = self.value_dense(inputs)
         # Scores and softmax in float32: (batch, heads, query_seq, key_seq).
@@ -148,18 +160,23 @@ class TransformerEncoder(keras.layers.Layer):
         context = ops.einsum("bnqk,bknh->bqnh", probabilities, value)
         attention_output = self.attention_output_dense(context)  # (batch, seq, hidden)
         attention_output = self.attention_dropout(attention_output, training=training)
-        hidden = self.attention_layer_norm(ops.add(inputs, attention_output))
+        hidden = self.attention_layer_norm(ops.add(queries, attention_output))
 
         feedforward = self.intermediate_dense(hidden)  # (batch, seq, intermediate)
         feedforward = self.output_dense(feedforward)  # (batch, seq, hidden)
         feedforward = self.output_dropout(feedforward, training=training)
         return self.output_layer_norm(ops.add(hidden, feedforward))
 
-    def compute_output_shape(self, input_shape, padding_mask_shape=None):
+    def compute_output_shape(self, input_shape, padding_mask_shape=None, query_positions_shape=None):
+        if query_positions_shape is not None:
+            return (input_shape[0], query_positions_shape[1], input_shape[-1])
         return input_shape
 
-    def compute_output_spec(self, inputs, padding_mask, training=None):
-        return keras.KerasTensor(inputs.shape, dtype="float32")
+    def compute_output_spec(self, inputs, padding_mask, query_positions=None, training=None):
+        shape = inputs.shape
+        if query_positions is not None:
+            shape = (shape[0], query_positions.shape[1], shape[-1])
+        return keras.KerasTensor(shape, dtype="float32")
 
     def get_config(self):
         config = super().get_config()
@@ -235,10 +252,17 @@ class MaskedLMHead(keras.layers.Layer):
         )
         self.built = True
 
-    def call(self, inputs, mask_positions):
-        mask_positions = ops.cast(mask_positions, "int32")
-        # (batch, seq, hidden) -> (batch, num_predictions, hidden)
-        hidden = ops.take_along_axis(inputs, mask_positions[:, :, None], axis=1)
+    def call(self, inputs, mask_positions=None):
+        """Logits (batch, num_predictions, vocabulary), float32.
+
+        Without `mask_positions`, `inputs` are already the hidden states at the masked
+        positions, (batch, num_predictions, hidden).
+        """
+        hidden = inputs
+        if mask_positions is not None:
+            mask_positions = ops.cast(mask_positions, "int32")
+            # (batch, seq, hidden) -> (batch, num_predictions, hidden)
+            hidden = ops.take_along_axis(inputs, mask_positions[:, :, None], axis=1)
         hidden = self.transform_layer_norm(self.transform_dense(hidden))
         # The projection onto the vocabulary is the largest matmul of pretraining a small BERT
         # (a quarter of a `mini`'s FLOPs): it runs in the compute dtype, bfloat16 under
@@ -254,8 +278,9 @@ class MaskedLMHead(keras.layers.Layer):
         logits = ops.reshape(logits, (batch_size, num_predictions, -1))
         return ops.cast(logits, "float32") + self.output_bias
 
-    def compute_output_spec(self, inputs, mask_positions):
-        shape = (inputs.shape[0], mask_positions.shape[1], self.token_embedding.input_dim)
+    def compute_output_spec(self, inputs, mask_positions=None):
+        num_predictions = (inputs if mask_positions is None else mask_positions).shape[1]
+        shape = (inputs.shape[0], num_predictions, self.token_embedding.input_dim)
         return keras.KerasTensor(shape, dtype="float32")
 
     def get_config(self):

@@ -203,6 +203,30 @@ def test_masked_lm_scores_only_the_masked_positions():
 
 
 @pytest.mark.backends
+@pytest.mark.parametrize("kind", ["masked_lm", "masked_lm_nsp"])
+def test_masked_lm_last_block_at_masked_positions_only_matches_the_full_graph(kind):
+    # BertMaskedLM runs its last block only where the loss looks; the reference is the
+    # functional graph: the backbone over every position, then the head at the masks.
+    model = build(kind, dropout=0.0)
+    inputs = masked_lm_inputs(batch_size=4)
+    inputs["mask_positions"] = np.array([[1, 5, 7], [0, 2, 11], [3, 3, 4], [9, 10, 2]], "int32")
+    outputs = as_numpy_tree(model(inputs))
+    backbone_outputs = model.backbone({key: inputs[key] for key in ("token_ids", "segment_ids", "padding_mask")})
+    full = model.masked_lm_head(backbone_outputs["sequence_output"], mask_positions=inputs["mask_positions"])
+    if kind == "masked_lm":
+        outputs = {"mlm": outputs}
+    np.testing.assert_allclose(outputs["mlm"], keras.ops.convert_to_numpy(full), rtol=1e-5, atol=1e-5)
+    if kind == "masked_lm_nsp":
+        nsp = model.next_sentence_head(backbone_outputs["pooled_output"])
+        np.testing.assert_allclose(outputs["nsp"], keras.ops.convert_to_numpy(nsp), rtol=1e-5, atol=1e-5)
+    # A different set of positions gives different logits: the positions are really used.
+    moved = dict(inputs, mask_positions=(inputs["mask_positions"] + 1) % SEQUENCE_LENGTH)
+    moved_logits = as_numpy_tree(model(moved))
+    moved_logits = moved_logits["mlm"] if kind == "masked_lm_nsp" else moved_logits
+    assert np.abs(moved_logits - outputs["mlm"]).max() > 1e-4
+
+
+@pytest.mark.backends
 def test_padding_does_not_change_the_outputs_of_real_tokens():
     backbone = tiny_backbone(dropout=0.0)
     inputs = backbone_inputs(batch_size=1)
