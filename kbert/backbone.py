@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from kbert.functional import FunctionalModel
-from kbert.layers import TransformerEncoder, bert_kernel_initializer
+from kbert.layers import Dropout, TransformerEncoder, bert_kernel_initializer
 from kbert.sizes import size_config
 
 
@@ -100,7 +100,7 @@ class BertBackbone(FunctionalModel):
         self.embeddings_layer_norm = keras.layers.LayerNormalization(
             epsilon=1e-12, dtype="float32", name="embeddings_layer_norm"
         )
-        self.embeddings_dropout = keras.layers.Dropout(
+        self.embeddings_dropout = Dropout(
             dropout, dtype=dtype, name="embeddings_dropout"
         )
         self.transformer_layers = [

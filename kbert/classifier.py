@@ -3,7 +3,7 @@
 import keras
 
 from kbert.functional import FunctionalModel
-from kbert.layers import bert_kernel_initializer
+from kbert.layers import Dropout, bert_kernel_initializer
 
 
 @keras.saving.register_keras_serializable(package="kbert")
@@ -32,7 +32,7 @@ class BertClassifier(FunctionalModel):
                 f"Received: num_classes={num_classes!r}"
             )
         # === Layers ===
-        self.output_dropout = keras.layers.Dropout(
+        self.output_dropout = Dropout(
             dropout, dtype=backbone.dtype_policy, name="output_dropout"
         )
         self.output_dense = keras.layers.Dense(

@@ -18,6 +18,43 @@ def bert_kernel_initializer(stddev=0.02):
 
 
 @keras.saving.register_keras_serializable(package="kbert")
+class Dropout(keras.layers.Dropout):
+    """`keras.layers.Dropout` with cheaper random numbers on TensorFlow.
+
+    Keras' dropout on TensorFlow draws one uniform float per element, in the input's
+    dtype: under `mixed_bfloat16` that float has 8 bits, so a rate of 0.1 drops 10.15% of
+    the elements. This one draws 16 random bits per element (two per 32-bit Philox output)
+    and keeps an element where they reach `round(rate * 65536)`, so the rate is exact to
+    1e-5 in every dtype, and scales kept elements by the inverse of that keep probability.
+    Random numbers were a tenth of a `mini` masked-LM training step in bfloat16; they take
+    half as long this way. Other backends, and a `noise_shape`, use Keras' dropout.
+    """
+
+    def call(self, inputs, training=False):
+        if not training or self.rate == 0 or self.noise_shape is not None:
+            return super().call(inputs, training=training)
+        if keras.config.backend() != "tensorflow" or self.rate >= 1:
+            return super().call(inputs, training=training)
+        return _tensorflow_dropout(inputs, self.rate, self.seed_generator.next())
+
+
+def _tensorflow_dropout(inputs, rate, seed):
+    import tensorflow as tf
+
+    # Stateless random ops want int32 seeds under XLA; the seed generator's state is int64.
+    seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), "int32")
+    size = tf.size(inputs)
+    bits = tf.random.stateless_uniform(
+        [(size + 1) // 2], seed, minval=None, maxval=None, dtype=tf.uint32
+    )
+    halves = tf.reshape(tf.bitcast(bits, tf.uint16), [-1])  # two 16-bit draws per output
+    threshold = round(rate * 65536)
+    keep = tf.reshape(halves[:size] >= threshold, tf.shape(inputs))
+    scale = tf.cast(65536 / (65536 - threshold), inputs.dtype)
+    return tf.where(keep, inputs * scale, tf.zeros((), inputs.dtype))
+
+
+@keras.saving.register_keras_serializable(package="kbert")
 class TransformerEncoder(keras.layers.Layer):
     """One post-LayerNorm BERT encoder block.
 
@@ -96,10 +133,10 @@ class TransformerEncoder(keras.layers.Layer):
         self.attention_output_dense.build(
             (input_shape[0], input_shape[1], self.num_heads, head_dim)
         )
-        self.attention_probabilities_dropout = keras.layers.Dropout(
+        self.attention_probabilities_dropout = Dropout(
             self.dropout, dtype=self.dtype_policy, name="attention_probabilities_dropout"
         )
-        self.attention_dropout = keras.layers.Dropout(
+        self.attention_dropout = Dropout(
             self.dropout, dtype=self.dtype_policy, name="attention_dropout"
         )
         # LayerNorms run in float32 whatever the policy: bfloat16 statistics lose accuracy.
@@ -122,7 +159,7 @@ class TransformerEncoder(keras.layers.Layer):
             name="output",
         )
         self.output_dense.build((input_shape[0], input_shape[1], self.intermediate_dim))
-        self.output_dropout = keras.layers.Dropout(
+        self.output_dropout = Dropout(
             self.dropout, dtype=self.dtype_policy, name="output_dropout"
         )
         self.output_layer_norm = keras.layers.LayerNormalization(

@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 import kbert
+import kbert.layers
 from kbert.layers import TransformerEncoder
 from conftest import PROJECT_ROOT
 
@@ -264,6 +265,44 @@ def test_mixed_bfloat16_outputs_float32_and_fits(kind):
     backbone_outputs = model.backbone(backbone_inputs())
     assert keras.backend.standardize_dtype(backbone_outputs["sequence_output"].dtype) == "float32"
     assert keras.backend.standardize_dtype(backbone_outputs["pooled_output"].dtype) == "float32"
+
+
+# === Dropout ===
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+def test_dropout_drops_at_its_rate_and_keeps_the_expectation(dtype, rate):
+    layer = kbert.layers.Dropout(rate, seed=3, dtype=dtype)
+    inputs = keras.ops.ones((3, 1001, 333), dtype)  # an odd number of elements
+    outputs = keras.ops.convert_to_numpy(keras.ops.cast(layer(inputs, training=True), "float32"))
+    kept = outputs != 0
+    # A million draws: the dropped share is within 5 standard deviations of the rate.
+    assert abs((1 - kept.mean()) - rate) < 5 * math.sqrt(rate * (1 - rate) / kept.size)
+    scale = outputs[kept]
+    np.testing.assert_allclose(scale, np.full_like(scale, 1 / (1 - rate)), rtol=1e-2 if dtype == "bfloat16" else 1e-4)
+    assert abs(outputs.mean() - 1.0) < 5e-3
+    again = keras.ops.convert_to_numpy(keras.ops.cast(layer(inputs, training=True), "float32"))
+    assert (again != outputs).any(), "every call must draw a new mask"
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(inputs, training=False)), keras.ops.convert_to_numpy(inputs))
+
+
+def test_dropout_gradient_is_its_mask_under_tf_function():
+    layer = kbert.layers.Dropout(0.25, seed=1)
+    x = tf.Variable(tf.random.normal((7, 9)))
+
+    @tf.function(input_signature=[])
+    def outputs_and_gradient():
+        with tf.GradientTape() as tape:
+            y = layer(x, training=True)
+            total = tf.reduce_sum(y * 2.0)
+        return y, tape.gradient(total, x)
+
+    y, gradient = (value.numpy() for value in outputs_and_gradient())
+    kept = y != 0
+    np.testing.assert_allclose(y[kept], x.numpy()[kept] / 0.75, rtol=1e-6)
+    np.testing.assert_allclose(gradient, np.where(kept, 2.0 / 0.75, 0.0), rtol=1e-6)
 
 
 # === One encoder block checked by hand in numpy ===
