@@ -28,14 +28,23 @@ def encoder_forward_flops(num_layers, hidden_dim, intermediate_dim, batch_size, 
 
 def masked_lm_training_flops(
     num_layers, hidden_dim, intermediate_dim, sequence_length, batch_size, num_predictions,
-    vocabulary_size=VOCABULARY_SIZE,
+    vocabulary_size=VOCABULARY_SIZE, last_layer_at_predictions=False,
 ):
     """Training FLOPs of one masked-LM step.
 
     Per prediction: the transform 2*H*H and the vocabulary projection 2*H*V. The pooler is
-    not trained by the masked-LM loss.
+    not trained by the masked-LM loss. These are the model's FLOPs, the basis of model FLOP
+    utilisation. `last_layer_at_predictions=True` counts what kbert's `BertMaskedLM`
+    executes instead: its last block computes keys and values at every position but
+    everything else only at the `num_predictions` masked ones.
     """
-    encoder = encoder_forward_flops(num_layers, hidden_dim, intermediate_dim, batch_size, sequence_length)
+    if not last_layer_at_predictions:
+        encoder = encoder_forward_flops(num_layers, hidden_dim, intermediate_dim, batch_size, sequence_length)
+    else:
+        encoder = encoder_forward_flops(num_layers - 1, hidden_dim, intermediate_dim, batch_size, sequence_length)
+        keys_and_values = batch_size * sequence_length * 4 * hidden_dim * hidden_dim
+        per_query = 4 * hidden_dim * hidden_dim + 4 * hidden_dim * intermediate_dim + 4 * sequence_length * hidden_dim
+        encoder += keys_and_values + batch_size * num_predictions * per_query
     head = batch_size * num_predictions * (2 * hidden_dim * hidden_dim + 2 * hidden_dim * vocabulary_size)
     return 3 * (encoder + head)
 

@@ -7,8 +7,9 @@ sequence 128, batch 32, 20 predictions per sequence, AdamW (kbert's own for kber
 update, fused on TensorFlow, and no weight decay on LayerNorm and biases, as in BERT; Keras'
 for keras-hub; torch's for Hugging Face), one optimizer step per batch,
 in float32 and mixed_bfloat16. Reports training tokens/s (medians over alternating rounds),
-the kbert/peer ratios and kbert's model FLOP utilisation against the machine's measured
-matmul peak.
+the kbert/peer ratios, and each contender's model FLOP utilisation (MFU: the model's FLOPs,
+the same for all) and hardware FLOP utilisation (HFU: the FLOPs it executes) against the
+machine's measured matmul peak.
 """
 
 import time
@@ -153,12 +154,24 @@ def run(size="mini", rounds=5, steps=10, precisions=("float32", "mixed_bfloat16"
 
     model_size = kbert.size_config(size)
     base = dict(model_size, sequence_length=128, batch_size=32, num_predictions=20, steps=steps)
-    flops_per_step = masked_lm_training_flops(
+    shape = (
         model_size["num_layers"], model_size["hidden_dim"], model_size["intermediate_dim"],
-        base["sequence_length"], base["batch_size"], base["num_predictions"],
+        base["sequence_length"], base["batch_size"],
     )
+    # Model FLOPs (the basis of MFU) are the same for every contender; the FLOPs each one
+    # executes (the basis of hardware FLOP utilisation, HFU) are not: kbert's last block runs
+    # only at the masked positions, Hugging Face scores the vocabulary at every position.
+    flops_per_step = masked_lm_training_flops(*shape, base["num_predictions"])
+    executed_flops_per_step = {
+        "kbert": masked_lm_training_flops(*shape, base["num_predictions"], last_layer_at_predictions=True),
+        "keras-hub": flops_per_step,
+        "transformers": masked_lm_training_flops(*shape, base["sequence_length"]),
+    }
     tokens_per_step = base["batch_size"] * base["sequence_length"]
-    report = {"size": size, "config": base, "flops_per_step": flops_per_step, "precisions": {}}
+    report = {
+        "size": size, "config": base, "flops_per_step": flops_per_step,
+        "executed_flops_per_step": executed_flops_per_step, "precisions": {},
+    }
     for precision in precisions:
         peak = harness.matmul_peak_gflops("bfloat16" if precision == "mixed_bfloat16" else "float32")
         contenders = {}
@@ -183,13 +196,16 @@ def run(size="mini", rounds=5, steps=10, precisions=("float32", "mixed_bfloat16"
         rows = []
         for name, figures in results.items():
             tokens_per_second = figures["tokens_per_second"]
-            gflops = tokens_per_second / tokens_per_step * flops_per_step / 1e9
+            steps_per_second = tokens_per_second / tokens_per_step
+            gflops = steps_per_second * flops_per_step / 1e9
+            executed = executed_flops_per_step[name.split(" ")[0]]
             rows.append(
                 {
                     "name": name,
                     "tokens_per_second": tokens_per_second,
                     "model_gflops": gflops,
                     "mfu": gflops / peak,
+                    "hfu": steps_per_second * executed / 1e9 / peak,
                     "kbert_ratio": results[best_kbert]["tokens_per_second"] / tokens_per_second,
                     "rounds": figures["rounds"],
                 }
@@ -198,7 +214,7 @@ def run(size="mini", rounds=5, steps=10, precisions=("float32", "mixed_bfloat16"
             f"{precision} (peak {peak:.0f} GFLOP/s)",
             rows,
             [("tokens/s", "tokens_per_second"), ("model GFLOP/s", "model_gflops"),
-             ("MFU", "mfu"), (f"{best_kbert} / this", "kbert_ratio")],
+             ("MFU", "mfu"), ("HFU", "hfu"), (f"{best_kbert} / this", "kbert_ratio")],
         )
         report["precisions"][precision] = {"matmul_peak_gflops": peak, "best_kbert": best_kbert, "rows": rows}
     return report

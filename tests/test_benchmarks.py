@@ -26,6 +26,23 @@ def test_masked_lm_flops_match_a_count_of_every_matmul():
     assert masked_lm_training_flops(2, 16, 32, 8, 3, 5, vocabulary_size=40) == 3 * (encoder + head)
 
 
+def test_masked_lm_flops_executed_with_the_last_layer_at_the_predictions():
+    full = _encoder_forward_by_matmul(2, 16, 32, 4, batch=3, length=8)
+    first_layer = _encoder_forward_by_matmul(1, 16, 32, 4, batch=3, length=8)
+    last_layer = 3 * (
+        2 * _matmul(8, 16, 16)  # keys and values at all 8 positions
+        + 2 * _matmul(5, 16, 16)  # queries and the attention output at the 5 predictions
+        + 4 * _matmul(5, 4, 8)  # scores: (5, head_dim) x (head_dim, 8), 4 heads
+        + 4 * _matmul(5, 8, 4)  # context: (5, 8) x (8, head_dim)
+        + _matmul(5, 16, 32)
+        + _matmul(5, 32, 16)
+    )
+    head = 3 * (_matmul(5, 16, 16) + _matmul(5, 16, 40))
+    executed = masked_lm_training_flops(2, 16, 32, 8, 3, 5, vocabulary_size=40, last_layer_at_predictions=True)
+    assert executed == 3 * (first_layer + last_layer + head)
+    assert executed < masked_lm_training_flops(2, 16, 32, 8, 3, 5, vocabulary_size=40) == 3 * (full + head)
+
+
 def test_classifier_flops_follow_the_padded_length_of_each_batch():
     def count(length):
         encoder = _encoder_forward_by_matmul(2, 16, 32, 4, batch=4, length=length)
