@@ -36,8 +36,9 @@ class Dropout(keras.layers.Dropout):
     the elements. This one draws 16 random bits per element (two per 32-bit Philox output)
     and keeps an element where they reach `round(rate * 65536)`, so the rate is exact to
     1e-5 in every dtype, and scales kept elements by the inverse of that keep probability.
-    Random numbers were a tenth of a `mini` masked-LM training step in bfloat16; they take
-    half as long this way. Other backends, and a `noise_shape`, use Keras' dropout.
+    In the profile of a `mini` masked-LM training step in bfloat16, drawing the random
+    numbers fell from 9.5% of the busy time to 4.0%. Other backends, and a `noise_shape`,
+    use Keras' dropout.
     """
 
     def call(self, inputs, training=False):
