@@ -18,12 +18,24 @@ def encoder_forward_flops(num_layers, hidden_dim, intermediate_dim, batch_size, 
     2*2*H*I, attention scores and context 2*2*S*H (every position attends to all S,
     padding included, since the model computes them).
     """
-    per_position_per_layer = (
-        8 * hidden_dim * hidden_dim
+    return num_layers * _layer_forward_flops(
+        hidden_dim, intermediate_dim, batch_size, sequence_length, sequence_length
+    )
+
+
+def _layer_forward_flops(hidden_dim, intermediate_dim, batch_size, sequence_length, num_queries):
+    """One encoder layer whose `num_queries` queries attend to all `sequence_length` positions.
+
+    Keys and values 2*2*H*H per position; per query: the query and output projections
+    2*2*H*H, the feed-forward 2*2*H*I and the attention scores and context 2*2*S*H.
+    """
+    keys_and_values = sequence_length * 4 * hidden_dim * hidden_dim
+    per_query = (
+        4 * hidden_dim * hidden_dim
         + 4 * hidden_dim * intermediate_dim
         + 4 * sequence_length * hidden_dim
     )
-    return batch_size * sequence_length * num_layers * per_position_per_layer
+    return batch_size * (keys_and_values + num_queries * per_query)
 
 
 def masked_lm_training_flops(
@@ -38,13 +50,11 @@ def masked_lm_training_flops(
     executes instead: its last block computes keys and values at every position but
     everything else only at the `num_predictions` masked ones.
     """
-    if not last_layer_at_predictions:
-        encoder = encoder_forward_flops(num_layers, hidden_dim, intermediate_dim, batch_size, sequence_length)
-    else:
-        encoder = encoder_forward_flops(num_layers - 1, hidden_dim, intermediate_dim, batch_size, sequence_length)
-        keys_and_values = batch_size * sequence_length * 4 * hidden_dim * hidden_dim
-        per_query = 4 * hidden_dim * hidden_dim + 4 * hidden_dim * intermediate_dim + 4 * sequence_length * hidden_dim
-        encoder += keys_and_values + batch_size * num_predictions * per_query
+    last_layer_queries = num_predictions if last_layer_at_predictions else sequence_length
+    encoder = encoder_forward_flops(num_layers - 1, hidden_dim, intermediate_dim, batch_size, sequence_length)
+    encoder += _layer_forward_flops(
+        hidden_dim, intermediate_dim, batch_size, sequence_length, last_layer_queries
+    )
     head = batch_size * num_predictions * (2 * hidden_dim * hidden_dim + 2 * hidden_dim * vocabulary_size)
     return 3 * (encoder + head)
 

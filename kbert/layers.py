@@ -42,11 +42,10 @@ class Dropout(keras.layers.Dropout):
     """
 
     def call(self, inputs, training=False):
-        if not training or self.rate == 0 or self.noise_shape is not None:
-            return super().call(inputs, training=training)
-        if keras.config.backend() != "tensorflow" or self.rate >= 1:
-            return super().call(inputs, training=training)
-        return _tensorflow_dropout(inputs, self.rate, self.seed_generator.next())
+        fast = 0 < self.rate < 1 and self.noise_shape is None
+        if training and fast and keras.config.backend() == "tensorflow":
+            return _tensorflow_dropout(inputs, self.rate, self.seed_generator.next())
+        return super().call(inputs, training=training)
 
 
 def _tensorflow_dropout(inputs, rate, seed):
