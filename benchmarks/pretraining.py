@@ -65,8 +65,12 @@ def _keras_setup(options):
         )
 
         model = kbert.BertMaskedLM(kbert.BertBackbone(**size))
+        # kbert's cross-entropy, its masked LM's default loss: the same quantity as Keras'.
         model.compile(
-            optimizer=optimizer, loss=loss, weighted_metrics=[], jit_compile=options["jit_compile"]
+            optimizer=optimizer,
+            loss=kbert.losses.SparseCategoricalCrossentropy(),
+            weighted_metrics=[],
+            jit_compile=options["jit_compile"],
         )
     else:
         import keras_hub

@@ -12,7 +12,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from kbert.backbone import BertBackbone
-from kbert import convert
+from kbert import convert, losses
 from kbert.classifier import BertClassifier
 from kbert.export import export
 from kbert.masked_lm import BertMaskedLM
@@ -31,5 +31,6 @@ __all__ = [
     "convert",
     "export",
     "load",
+    "losses",
     "size_config",
 ]

@@ -14,6 +14,8 @@ Example:
 import keras
 from keras import ops
 
+from kbert.losses import SparseCategoricalCrossentropyMetric
+
 # The `metric` of a task (GLUE's name for how the task is scored) -> what `metrics_for` builds.
 METRIC_NAMES = ("accuracy", "f1", "matthews_correlation", "pearson_spearman", "masked_lm")
 
@@ -67,7 +69,7 @@ def masked_lm_metrics():
     training loss is divided by every prediction slot, padded ones included.
     """
     return [
-        keras.metrics.SparseCategoricalCrossentropy(from_logits=True, name="masked_lm_loss"),
+        SparseCategoricalCrossentropyMetric(name="masked_lm_loss"),
         keras.metrics.SparseCategoricalAccuracy(name="masked_lm_accuracy"),
     ]
 

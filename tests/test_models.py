@@ -305,6 +305,57 @@ def test_dropout_gradient_is_its_mask_under_tf_function():
     np.testing.assert_allclose(gradient, np.where(kept, 2.0 / 0.75, 0.0), rtol=1e-6)
 
 
+# === Dense layers with a float32 bias ===
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("kind", ["dense", "einsum_dense"])
+def test_dense_multiplies_in_the_compute_dtype_and_adds_a_float32_bias(kind):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 5, 8)).astype("float32")
+    if kind == "dense":
+        layer = kbert.layers.Dense(6, dtype="mixed_bfloat16")
+    else:
+        layer = kbert.layers.EinsumDense("btd,dnh->btnh", (None, 2, 3), bias_axes="nh", dtype="mixed_bfloat16")
+    layer.build(x.shape)
+    # 1 + 2**-12 is no bfloat16 number (8 bits of mantissa): a bfloat16 bias would lose it.
+    bias = 1 + 2**-12
+    layer.bias.assign(np.full(layer.bias.shape, bias, "float32"))
+    outputs = layer(x)
+    assert keras.backend.standardize_dtype(outputs.dtype) == "float32"
+    rounded = lambda v: keras.ops.convert_to_numpy(keras.ops.cast(keras.ops.cast(v, "bfloat16"), "float32"))
+    product = np.einsum("btd,de->bte", rounded(x), rounded(layer.kernel).reshape(8, -1))
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(outputs) - bias, product.reshape(outputs.shape), rtol=2**-7, atol=2**-7
+    )
+    layer.kernel.assign(np.zeros(layer.kernel.shape, "float32"))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x)), np.full(outputs.shape, bias, "float32"))
+
+
+def test_dense_activation_in_training_matches_inference():
+    # On TensorFlow a training step runs the bias and GELU as one XLA function.
+    layer = kbert.layers.Dense(64, activation="gelu")
+    x = tf.random.normal((3, 7, 16), seed=1) * 3.0
+    layer.build(x.shape)
+    layer.bias.assign(tf.random.normal((64,), seed=2))
+
+    @tf.function
+    def outputs_and_gradients(training):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=training)
+            total = tf.reduce_sum(y * tf.sin(y))
+        return y, tape.gradient(total, [x, layer.kernel, layer.bias])
+
+    inference, inference_gradients = outputs_and_gradients(False)
+    training, training_gradients = outputs_and_gradients(True)
+    expected = _numpy_gelu(x.numpy() @ layer.kernel.numpy() + layer.bias.numpy())
+    np.testing.assert_allclose(inference.numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(training.numpy(), inference.numpy(), rtol=1e-6, atol=1e-6)
+    for got, want in zip(training_gradients, inference_gradients):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+
+
 # === One encoder block checked by hand in numpy ===
 
 
