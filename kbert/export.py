@@ -106,8 +106,26 @@ def serving_ops(saved_model_dir):
     return ops
 
 
+def xla_compiled_functions(saved_model_dir):
+    """Returns the names of the SavedModel's functions, or call nodes, marked for XLA."""
+    def marked(attributes):
+        return "_XlaMustCompile" in attributes and attributes["_XlaMustCompile"].b
+
+    names = set()
+    for meta_graph in read_saved_model(saved_model_dir).meta_graphs:
+        graph = meta_graph.graph_def
+        for function in graph.library.function:
+            if marked(function.attr):
+                names.add(function.signature.name)
+            names.update(node.name for node in function.node_def if marked(node.attr))
+        names.update(node.name for node in graph.node if marked(node.attr))
+    return names
+
+
 def check_serving_ops(saved_model_dir):
-    """Fails unless every op of the SavedModel is a core TensorFlow or TensorFlow Text op.
+    """Fails unless every op of the SavedModel is a core TensorFlow or TensorFlow Text op,
+    and no function needs XLA (TensorFlow Serving's XLA JIT is off by default; kbert uses
+    XLA only in training steps).
 
     Returns:
         `{"tensorflow": [...], "tensorflow_text": [...]}`, the sorted op names of each kind.
@@ -127,6 +145,12 @@ def check_serving_ops(saved_model_dir):
             f"The SavedModel in {saved_model_dir} uses ops that are neither core TensorFlow nor "
             f"TensorFlow Text ops, or that call Python, so TensorFlow Serving cannot run it: "
             f"{', '.join(sorted(unknown_ops))}"
+        )
+    xla_functions = xla_compiled_functions(saved_model_dir)
+    if xla_functions:
+        raise ValueError(
+            f"The SavedModel in {saved_model_dir} has functions that must be compiled by XLA, "
+            f"which TensorFlow Serving does not do by default: {', '.join(sorted(xla_functions))}"
         )
     return {"tensorflow": sorted(core_ops), "tensorflow_text": sorted(text_ops)}
 

@@ -422,6 +422,19 @@ def test_export_holds_only_core_and_tensorflow_text_ops(classifier, tmp_path):
         check_serving_ops(forged)
 
 
+def test_an_export_with_xla_compiled_functions_fails(classifier, tmp_path):
+    # Training steps compile some element-wise work with XLA; an export must not, since
+    # TensorFlow Serving's XLA JIT is off unless the server is started with it.
+    forged = tmp_path / "forged"
+    shutil.copytree(classifier["export"], forged)
+    saved_model = read_saved_model(forged)
+    function = saved_model.meta_graphs[0].graph_def.library.function[0]
+    function.attr["_XlaMustCompile"].b = True
+    (forged / "saved_model.pb").write_bytes(saved_model.SerializeToString())
+    with pytest.raises(ValueError, match=f"XLA.*{function.signature.name}"):
+        check_serving_ops(forged)
+
+
 def test_an_export_with_other_ops_fails_and_leaves_nothing(tmp_path, monkeypatch):
     export_module = sys.modules["kbert.export"]
     write_model_dir(tmp_path / "model")
