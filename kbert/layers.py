@@ -88,7 +88,7 @@ class _Float32Bias:
 
 @keras.saving.register_keras_serializable(package="kbert")
 class Dense(_Float32Bias, keras.layers.Dense):
-    """`keras.layers.Dense` (no activation) with a float32 bias and output; see `_Float32Bias`."""
+    """`keras.layers.Dense` with a float32 bias, activation and output; see `_Float32Bias`."""
 
     def _product(self, inputs, kernel):
         return ops.matmul(inputs, kernel)
@@ -96,7 +96,7 @@ class Dense(_Float32Bias, keras.layers.Dense):
 
 @keras.saving.register_keras_serializable(package="kbert")
 class EinsumDense(_Float32Bias, keras.layers.EinsumDense):
-    """`keras.layers.EinsumDense` (no activation) with a float32 bias and output."""
+    """`keras.layers.EinsumDense` with a float32 bias, activation and output."""
 
     def _product(self, inputs, kernel):
         return ops.einsum(self.equation, inputs, kernel)
