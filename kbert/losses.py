@@ -1,4 +1,4 @@
-"""Cross-entropy on logits for the masked-LM and classifier heads, as a loss and a metric.
+"""Cross-entropy on logits for the masked-LM head, as a loss and a metric.
 
 The same quantity as `keras.losses.SparseCategoricalCrossentropy(from_logits=True)`. On
 TensorFlow, the log-sum-exp and the label's logit run as one XLA-compiled function, forward

@@ -92,8 +92,8 @@ class BertMaskedLM(FunctionalModel):
         """Compiles with BERT defaults where an argument is "auto".
 
         The defaults are AdamW (learning rate 1e-4, weight decay 0.01), sparse categorical
-        cross-entropy on logits (`kbert.losses`, faster on TensorFlow than Keras'), and accuracy as a weighted metric so that padded
-        prediction slots (weight 0) do not count.
+        cross-entropy on logits (`kbert.losses`, faster on TensorFlow than Keras'), and
+        accuracy as a weighted metric so that padded prediction slots (weight 0) do not count.
         """
         if optimizer == "auto":
             optimizer = keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.01)

@@ -532,17 +532,15 @@ def _compile(model, metric=None, jit_compile="auto", **optimizer_options):
     them the model is compiled for evaluation only.
     """
     from kbert import training
-    from kbert.losses import SparseCategoricalCrossentropy
     from kbert.masked_lm import BertMaskedLM
     from kbert.metrics import masked_lm_metrics, metrics_for
 
-    cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     if isinstance(model, BertMaskedLM):
-        cross_entropy = SparseCategoricalCrossentropy()  # as Keras', faster on TensorFlow
-        losses = dict(loss=cross_entropy, weighted_metrics=masked_lm_metrics())
+        # "auto": BertMaskedLM's own loss (kbert.losses), per head when it has two.
+        losses = dict(loss="auto", weighted_metrics=masked_lm_metrics())
         if model.next_sentence_prediction:
             losses = dict(
-                loss={"mlm": cross_entropy, "nsp": cross_entropy},
+                loss="auto",
                 weighted_metrics={
                     "mlm": losses["weighted_metrics"],
                     "nsp": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
@@ -551,7 +549,9 @@ def _compile(model, metric=None, jit_compile="auto", **optimizer_options):
     else:
         regression = model.num_classes == 1
         losses = dict(
-            loss=keras.losses.MeanSquaredError() if regression else cross_entropy,
+            loss=keras.losses.MeanSquaredError()
+            if regression
+            else keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=metrics_for(metric or "accuracy", model.num_classes),
         )
     if optimizer_options:
