@@ -15,9 +15,11 @@ size (2 classes, longest sequence 128), batch 32, AdamW (learning rate 5e-5, wei
   `sequence_length=128`, which `fit` maps over the batches of raw text.
 
 Reports examples/s (medians over alternating rounds), the kbert/keras-hub ratio, and model
-FLOP utilisation against the machine's measured matmul peak. FLOPs are counted from the
-padded length each batch really has (benchmarks/flops.py): for bucketed batches, the mean
-over one full epoch of the pipeline.
+FLOP utilisation against the machine's measured matmul peak. Each round times `--steps`
+batches in steady state (from the end of one batch to the end of the last) and counts the
+examples those batches held. FLOPs are counted from the padded length each batch really has
+(benchmarks/flops.py): for bucketed batches, the mean per example over one full epoch of the
+pipeline.
 """
 
 import os
@@ -130,6 +132,27 @@ def _keras_hub_setup(options, examples):
     return model, dataset, per_step
 
 
+def _example_counter(model):
+    """The compiled accuracy metric, whose `count` is the number of examples seen this epoch."""
+    for container in model.metrics:
+        for metric in getattr(container, "metrics", None) or [container]:
+            if metric.name == "accuracy":
+                return metric
+    raise ValueError("Expected the model to be compiled with an 'accuracy' metric.")
+
+
+def _example_clock():
+    """A callback marking (time, examples seen so far this epoch) at the end of every batch."""
+    import keras
+
+    class ExampleClock(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            count = keras.ops.convert_to_numpy(_example_counter(self.model).count)
+            self.marks.append((time.perf_counter(), float(count)))
+
+    return ExampleClock()
+
+
 def setup(options):
     """Worker side: builds the pipeline and model, warms up, returns `measure`."""
     import keras
@@ -143,14 +166,20 @@ def setup(options):
     model, dataset, per_step = build(options, examples)
     steps = options["steps"]
     model.fit(dataset, steps_per_epoch=3, epochs=1, verbose=0)  # trace and warm up
+    clock = _example_clock()
 
     def measure():
-        start = time.perf_counter()
-        model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
-        seconds = time.perf_counter() - start
+        # Steady state, as in a long run: from the end of the first step to the end of the
+        # last, so that starting `fit` (a new iterator, whose shuffle buffer fills before the
+        # first batch) is not counted as training. Bucketed batches differ in size, so the
+        # examples are those of the timed batches, read from the accuracy metric's count.
+        clock.marks = []
+        model.fit(dataset, steps_per_epoch=steps + 1, epochs=1, verbose=0, callbacks=[clock])
+        (start, first), (end, last) = clock.marks[0], clock.marks[-1]
+        examples_per_second = (last - first) / (end - start)
         return {
-            "examples_per_second": steps * per_step["examples"] / seconds,
-            "model_gflops": steps * per_step["flops"] / seconds / 1e9,
+            "examples_per_second": examples_per_second,
+            "model_gflops": examples_per_second * per_step["flops"] / per_step["examples"] / 1e9,
             "mean_padded_length": per_step["padded_length"],
         }
 

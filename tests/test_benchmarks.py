@@ -53,3 +53,25 @@ def test_classifier_flops_follow_the_padded_length_of_each_batch():
     assert classifier_training_flops(2, 16, 32, 16, 4, 3) == count(16)
     # Attention grows with the square of the length, so a bucket of 8 costs less than half of 16.
     assert 2 * count(8) < count(16)
+
+
+def test_fine_tuning_clock_counts_the_examples_of_uneven_batches():
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from benchmarks import finetuning
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    finetuning._compile(model)
+    # Bucketed batches hold different numbers of examples: here 4, 1, 4 and 1.
+    sizes = [4, 1, 4, 1]
+    examples = tf.data.Dataset.from_tensor_slices(
+        (np.zeros((5, 3), "float32"), np.zeros((5,), "int32"))
+    )
+    dataset = examples.take(4).batch(4).concatenate(examples.take(1).batch(1)).repeat(2)
+    clock = finetuning._example_clock()
+    clock.marks = []
+    model.fit(dataset, epochs=1, verbose=0, callbacks=[clock])
+    assert [count for _, count in clock.marks] == list(np.cumsum(sizes))
+    assert [time for time, _ in clock.marks] == sorted(time for time, _ in clock.marks)
