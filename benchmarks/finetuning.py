@@ -24,7 +24,6 @@ pipeline.
 
 import os
 import tempfile
-import time
 
 from benchmarks import harness
 from benchmarks.flops import classifier_training_flops
@@ -132,25 +131,15 @@ def _keras_hub_setup(options, examples):
     return model, dataset, per_step
 
 
-def _example_counter(model):
-    """The compiled accuracy metric, whose `count` is the number of examples seen this epoch."""
+def _examples_seen(model):
+    """Examples trained on so far this epoch: the `count` of the compiled accuracy metric."""
+    import keras
+
     for container in model.metrics:
         for metric in getattr(container, "metrics", None) or [container]:
             if metric.name == "accuracy":
-                return metric
+                return float(keras.ops.convert_to_numpy(metric.count))
     raise ValueError("Expected the model to be compiled with an 'accuracy' metric.")
-
-
-def _example_clock():
-    """A callback marking (time, examples seen so far this epoch) at the end of every batch."""
-    import keras
-
-    class ExampleClock(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            count = keras.ops.convert_to_numpy(_example_counter(self.model).count)
-            self.marks.append((time.perf_counter(), float(count)))
-
-    return ExampleClock()
 
 
 def setup(options):
@@ -166,14 +155,13 @@ def setup(options):
     model, dataset, per_step = build(options, examples)
     steps = options["steps"]
     model.fit(dataset, steps_per_epoch=3, epochs=1, verbose=0)  # trace and warm up
-    clock = _example_clock()
+    clock = harness.batch_clock(count=_examples_seen)
 
     def measure():
         # Steady state, as in a long run: from the end of the first step to the end of the
         # last, so that starting `fit` (a new iterator, whose shuffle buffer fills before the
         # first batch) is not counted as training. Bucketed batches differ in size, so the
         # examples are those of the timed batches, read from the accuracy metric's count.
-        clock.marks = []
         model.fit(dataset, steps_per_epoch=steps + 1, epochs=1, verbose=0, callbacks=[clock])
         (start, first), (end, last) = clock.marks[0], clock.marks[-1]
         examples_per_second = (last - first) / (end - start)

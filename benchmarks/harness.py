@@ -83,6 +83,26 @@ def run_alternating(contenders, rounds):
     return results
 
 
+def batch_clock(count=None):
+    """A Keras callback that marks every training batch's end: `(time, count(model))` pairs
+    in `.marks`, started afresh by each `fit`, for timing training in steady state.
+
+    `count(model)` reads a running count at that moment (e.g. the examples seen so far);
+    without it the marks hold the time alone.
+    """
+    import keras
+
+    class BatchClock(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.marks = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            mark = time.perf_counter()
+            self.marks.append(mark if count is None else (mark, count(self.model)))
+
+    return BatchClock()
+
+
 def matmul_peak_gflops(dtype="float32", size=2048, repeats=20):
     """The machine's matmul ceiling, in GFLOP/s, from TensorFlow (oneDNN on CPU)."""
     import tensorflow as tf

@@ -82,20 +82,15 @@ def _keras_setup(options):
     steps = options["steps"]
     model.fit(dataset, steps_per_epoch=3, epochs=1, verbose=0)  # compile and warm up
 
-    class StepClock(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            self.times.append(time.perf_counter())
-
-    clock = StepClock()
+    clock = harness.batch_clock()
 
     def measure():
         # Steady state, as in a long run: from the end of the first step to the end of the
         # last, so that starting `fit` (a new iterator, callbacks), which costs about as much
         # as several `mini` steps, is not counted as training. Hugging Face's loop has no such
         # start-up to leave out.
-        clock.times = []
         model.fit(dataset, steps_per_epoch=steps + 1, epochs=1, verbose=0, callbacks=[clock])
-        seconds = clock.times[-1] - clock.times[0]
+        seconds = clock.marks[-1] - clock.marks[0]
         return {"tokens_per_second": steps * options["batch_size"] * options["sequence_length"] / seconds}
 
     return measure

@@ -60,7 +60,7 @@ def test_fine_tuning_clock_counts_the_examples_of_uneven_batches():
     import numpy as np
     import tensorflow as tf
 
-    from benchmarks import finetuning
+    from benchmarks import finetuning, harness
 
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     finetuning._compile(model)
@@ -70,8 +70,10 @@ def test_fine_tuning_clock_counts_the_examples_of_uneven_batches():
         (np.zeros((5, 3), "float32"), np.zeros((5,), "int32"))
     )
     dataset = examples.take(4).batch(4).concatenate(examples.take(1).batch(1)).repeat(2)
-    clock = finetuning._example_clock()
-    clock.marks = []
+    clock = harness.batch_clock(count=finetuning._examples_seen)
     model.fit(dataset, epochs=1, verbose=0, callbacks=[clock])
     assert [count for _, count in clock.marks] == list(np.cumsum(sizes))
     assert [time for time, _ in clock.marks] == sorted(time for time, _ in clock.marks)
+    # A second `fit` starts its marks afresh, its count from the new epoch's first batch.
+    model.fit(dataset.take(2), epochs=1, verbose=0, callbacks=[clock])
+    assert [count for _, count in clock.marks] == [4, 5]
