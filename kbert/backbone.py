@@ -20,8 +20,9 @@ class BertBackbone(FunctionalModel):
     Token, position and segment embeddings are summed, layer-normalised and passed through
     a stack of post-LayerNorm Transformer encoder blocks with exact (erf) GELU and LayerNorm
     epsilon 1e-12, as in the original BERT. `pooled_output` is a tanh dense layer on the
-    `[CLS]` (first) position. Softmax, LayerNorm and both outputs are float32 under mixed
-    precision policies.
+    `[CLS]` (first) position. Under a mixed precision policy only the matmuls run in the
+    compute dtype: the embeddings, the residual stream with its dropout and LayerNorms, the
+    softmax and both outputs are float32.
 
     Args:
         vocabulary_size: number of token ids.
@@ -77,32 +78,33 @@ class BertBackbone(FunctionalModel):
             raise ValueError(f"Expected dropout in [0, 1). Received: dropout={dropout!r}")
 
         # === Layers ===
+        # The embeddings are summed, normalised and dropped out in float32: under a mixed
+        # policy their tables stay float32 and nothing is rounded before the first block.
+        embedding_dtype = _float32_compute(dtype)
         self.token_embedding = keras.layers.ReversibleEmbedding(
             input_dim=vocabulary_size,
             output_dim=hidden_dim,
             embeddings_initializer=bert_kernel_initializer(),
-            dtype=dtype,
+            dtype=embedding_dtype,
             name="token_embedding",
         )
         self.position_embedding = _keras_hub_position_embedding(
             sequence_length=max_sequence_length,
             initializer=bert_kernel_initializer(),
-            dtype=dtype,
+            dtype=embedding_dtype,
             name="position_embedding",
         )
         self.segment_embedding = keras.layers.Embedding(
             input_dim=num_segments,
             output_dim=hidden_dim,
             embeddings_initializer=bert_kernel_initializer(),
-            dtype=dtype,
+            dtype=embedding_dtype,
             name="segment_embedding",
         )
         self.embeddings_layer_norm = keras.layers.LayerNormalization(
             epsilon=1e-12, dtype="float32", name="embeddings_layer_norm"
         )
-        self.embeddings_dropout = Dropout(
-            dropout, dtype=dtype, name="embeddings_dropout"
-        )
+        self.embeddings_dropout = Dropout(dropout, dtype="float32", name="embeddings_dropout")
         self.transformer_layers = [
             TransformerEncoder(
                 num_heads=num_heads,
@@ -222,6 +224,13 @@ class BertBackbone(FunctionalModel):
         if isinstance(config.get("dtype"), dict):
             config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
         return cls(**config)
+
+
+def _float32_compute(dtype):
+    """`dtype` (a policy, its name, or None for the global one) with float32 computation,
+    where its variables are float32: float32 for a mixed policy, `dtype` otherwise."""
+    policy = keras.dtype_policies.get(dtype)
+    return "float32" if policy.variable_dtype == "float32" else dtype
 
 
 def _keras_hub_position_embedding(**kwargs):

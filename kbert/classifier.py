@@ -32,9 +32,8 @@ class BertClassifier(FunctionalModel):
                 f"Received: num_classes={num_classes!r}"
             )
         # === Layers ===
-        self.output_dropout = Dropout(
-            dropout, dtype=backbone.dtype_policy, name="output_dropout"
-        )
+        # The float32 pooled output is dropped out and classified in float32.
+        self.output_dropout = Dropout(dropout, dtype="float32", name="output_dropout")
         self.output_dense = keras.layers.Dense(
             num_classes,
             kernel_initializer=bert_kernel_initializer(),
