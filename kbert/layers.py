@@ -30,6 +30,36 @@ def xla_function(function):
     return tf.function(function, jit_compile=True, reduce_retracing=True)
 
 
+def xla_function_with_recomputed_gradient(function):
+    """`xla_function(function)` whose gradient is a second XLA function of its inputs.
+
+    TensorFlow's gradient of an XLA-compiled function keeps the forward pass's
+    intermediates (for a GELU, its float32 input) and runs the rest of the backward pass,
+    such as a bias's gradient summed over the batch, op by op. This one's backward pass
+    recomputes the forward pass from `function`'s inputs, and the whole gradient (through
+    `tf.GradientTape`, so the same derivative) is one XLA function. `function` takes and
+    returns tensors, and every input gets a gradient.
+    """
+    import tensorflow as tf
+
+    forward = xla_function(function)
+
+    def gradient(upstream, *inputs):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            outputs = function(*inputs)
+        return tape.gradient(outputs, inputs, output_gradients=upstream)
+
+    backward = xla_function(gradient)
+
+    @tf.autograph.experimental.do_not_convert
+    @tf.custom_gradient
+    def run(*inputs):
+        return forward(*inputs), lambda upstream: backward(upstream, *inputs)
+
+    return run
+
+
 def _matmul_transposed(a, b):
     """`a @ b.T`. On TensorFlow as one matmul with `transpose_b`: through `ops.transpose`,
     the backward pass transposes the (vocabulary, hidden) gradient of the tied embedding
@@ -54,7 +84,10 @@ class _Float32Bias:
     An activation (the feed-forward layer's GELU) runs in float32 after the bias. In
     training on TensorFlow, the cast, the bias and the activation run as one XLA function
     (`xla_function`): in a `mini` masked-LM step under mixed_bfloat16 that was 2.4% faster
-    (8,803 against 8,597 tokens/s, medians of 6 alternating runs).
+    (8,803 against 8,597 tokens/s, medians of 6 alternating runs). Their gradient, the
+    bias's included, is a second XLA function that recomputes them from the product and
+    the bias (`xla_function_with_recomputed_gradient`): 2.8% faster again in bfloat16 and
+    2.1% in float32 (median ratios of 8 alternating rounds).
 
     `float32_output=False` casts the output to the compute dtype at the end, for a layer
     whose only consumer is a matmul that would cast it anyway (the feed-forward layer's
@@ -74,17 +107,19 @@ class _Float32Bias:
 
     def call(self, inputs, training=None):
         product = self._product(inputs, self.kernel)  # both in the compute dtype
+        # The float32 variable's value, so that a gradient reaches it through any function.
+        terms = (product,) if self.bias is None else (product, ops.convert_to_tensor(self.bias))
         activated = self.activation is not keras.activations.linear
         if training and activated and keras.config.backend() == "tensorflow":
             if self._xla_epilogue is None:
-                self._xla_epilogue = xla_function(self._epilogue)
-            return self._xla_epilogue(product)
-        return self._epilogue(product)
+                self._xla_epilogue = xla_function_with_recomputed_gradient(self._epilogue)
+            return self._xla_epilogue(*terms)
+        return self._epilogue(*terms)
 
-    def _epilogue(self, product):
+    def _epilogue(self, product, bias=None):
         outputs = ops.cast(product, "float32")
-        if self.bias is not None:
-            outputs = outputs + self.bias
+        if bias is not None:
+            outputs = outputs + bias
         outputs = self.activation(outputs)
         if not self.float32_output:
             outputs = ops.cast(outputs, self.compute_dtype)

@@ -355,12 +355,15 @@ def test_dense_multiplies_in_the_compute_dtype_and_adds_a_float32_bias(kind):
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x)), np.full(outputs.shape, bias, "float32"))
 
 
-def test_dense_activation_in_training_matches_inference():
-    # On TensorFlow a training step runs the bias and GELU as one XLA function.
-    layer = kbert.layers.Dense(64, activation="gelu")
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_dense_activation_in_training_matches_inference(use_bias):
+    # On TensorFlow a training step runs the bias and GELU as one XLA function, and its
+    # gradient as another that recomputes them.
+    layer = kbert.layers.Dense(64, activation="gelu", use_bias=use_bias)
     x = tf.random.normal((3, 7, 16), seed=1) * 3.0
     layer.build(x.shape)
-    layer.bias.assign(tf.random.normal((64,), seed=2))
+    if use_bias:
+        layer.bias.assign(tf.random.normal((64,), seed=2))
 
     @tf.function
     def outputs_and_gradients(training):
@@ -368,11 +371,12 @@ def test_dense_activation_in_training_matches_inference():
             tape.watch(x)
             y = layer(x, training=training)
             total = tf.reduce_sum(y * tf.sin(y))
-        return y, tape.gradient(total, [x, layer.kernel, layer.bias])
+        return y, tape.gradient(total, [x, *layer.trainable_weights])
 
     inference, inference_gradients = outputs_and_gradients(False)
     training, training_gradients = outputs_and_gradients(True)
-    expected = _numpy_gelu(x.numpy() @ layer.kernel.numpy() + layer.bias.numpy())
+    expected = _numpy_gelu(x.numpy() @ layer.kernel.numpy() + (layer.bias.numpy() if use_bias else 0.0))
+    assert len(training_gradients) == (3 if use_bias else 2)
     np.testing.assert_allclose(inference.numpy(), expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(training.numpy(), inference.numpy(), rtol=1e-6, atol=1e-6)
     for got, want in zip(training_gradients, inference_gradients):
