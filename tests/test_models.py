@@ -383,6 +383,42 @@ def test_dense_activation_in_training_matches_inference(use_bias):
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+def test_masked_lm_head_in_training_matches_inference(dtype):
+    # On TensorFlow a training step adds the output bias in one XLA function, with its
+    # gradient in another.
+    embedding = keras.layers.Embedding(50, 16, dtype=dtype)
+    embedding.build((None,))
+    head = kbert.layers.MaskedLMHead(embedding, dtype=dtype)
+    hidden = tf.random.normal((3, 7, 16), seed=1)
+    positions = tf.constant([[1, 2], [0, 6], [3, 3]])
+    head.build(hidden.shape, positions.shape)
+    head.output_bias.assign(tf.random.normal((50,), seed=2))
+    weights = [embedding.embeddings, head.output_bias]
+
+    @tf.function
+    def logits_and_gradients(training):
+        with tf.GradientTape() as tape:
+            tape.watch(hidden)
+            logits = head(hidden, positions, training=training)
+            total = tf.reduce_sum(logits * tf.sin(logits))
+        return logits, tape.gradient(total, [hidden, *weights])
+
+    inference, inference_gradients = logits_and_gradients(False)
+    training, training_gradients = logits_and_gradients(True)
+    assert training.dtype == tf.float32 and training.shape == (3, 2, 50)
+    # The transform's GELU runs in XLA in training: equal to the last bit or two.
+    np.testing.assert_allclose(training.numpy(), inference.numpy(), rtol=1e-6, atol=1e-6)
+    for got, want in zip(training_gradients, inference_gradients):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+    # The output bias is added in float32: 1 + 2**-12 is no bfloat16 number.
+    embedding.embeddings.assign(tf.zeros(embedding.embeddings.shape))
+    head.output_bias.assign(tf.fill((50,), 1 + 2**-12))
+    for training in (False, True):
+        logits = head(hidden, positions, training=training)
+        np.testing.assert_array_equal(logits.numpy(), np.full((3, 2, 50), 1 + 2**-12, "float32"))
+
+
 # === One encoder block checked by hand in numpy ===
 
 
