@@ -155,10 +155,10 @@ def write_json(path, value):
     print(f"wrote {path}")
 
 
-def training_benchmark_main(description, run, name, steps, precisions):
+def training_benchmark_main(description, run, name, steps, precisions, rounds=5):
     """The command line of a training benchmark: `run(size, rounds, steps, precisions)`.
 
-    Takes `--size`, `--rounds`, `--steps` (default `steps`), `--precision` (repeatable,
+    Takes `--size`, `--rounds` (default `rounds`), `--steps` (default `steps`), `--precision` (repeatable,
     default `precisions`) and `--output` (default benchmarks/results/NAME.json); writes the
     report `run` returns, or exits with code 2 where it returns None (its data is missing).
     """
@@ -166,7 +166,7 @@ def training_benchmark_main(description, run, name, steps, precisions):
 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--size", default="mini")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=rounds)
     parser.add_argument("--steps", type=int, default=steps, help="training steps per measurement")
     parser.add_argument("--precision", action="append", help="float32 and/or mixed_bfloat16")
     parser.add_argument("--output", default=os.path.join(BENCHMARKS_DIR, "results", f"{name}.json"))

@@ -1,6 +1,6 @@
 """Pretraining throughput: kbert vs keras-hub vs Hugging Face, side by side.
 
-    python -m benchmarks.pretraining [--size mini] [--rounds 5] [--steps 10]
+    python -m benchmarks.pretraining [--size mini] [--rounds 8] [--steps 10]
 
 The same masked-LM work for every contender: a BERT of the given size, vocabulary 30,522,
 sequence 128, batch 32, 20 predictions per sequence, AdamW (kbert's own for kbert: the same
@@ -148,7 +148,7 @@ def setup(options):
     return _keras_setup(options)
 
 
-def run(size="mini", rounds=5, steps=10, precisions=("float32", "mixed_bfloat16"), kbert_backends=("tensorflow", "jax")):
+def run(size="mini", rounds=8, steps=10, precisions=("float32", "mixed_bfloat16"), kbert_backends=("tensorflow", "jax")):
     import kbert
 
     model_size = kbert.size_config(size)
@@ -221,7 +221,7 @@ def run(size="mini", rounds=5, steps=10, precisions=("float32", "mixed_bfloat16"
 
 def main():
     harness.training_benchmark_main(
-        __doc__.split("\n\n")[0], run, "pretraining", steps=10,
+        __doc__.split("\n\n")[0], run, "pretraining", steps=10, rounds=8,
         precisions=("float32", "mixed_bfloat16"),
     )
 
