@@ -137,6 +137,8 @@ class Distribution:
     def _distribute_dataset_function(self, dataset_fn, skip_batches, repeat):
         import tensorflow as tf
 
+        from kbert.data.sources import without_autotuning
+
         def per_pipeline_dataset(input_context):
             if not (repeat or skip_batches):
                 return dataset_fn(input_context)
@@ -161,7 +163,10 @@ class Distribution:
             # with every iteration of the same dataset object. Building the pipeline anew
             # inside flat_map on every iteration makes each batch a function of its step
             # alone, which is what lets a resumed run see the batches it would have seen.
-            return tf.data.Dataset.range(1).flat_map(fresh_stream).prefetch(tf.data.AUTOTUNE)
+            # The outer pipeline's options are the ones that hold: autotuning off, as in
+            # kbert's pipelines.
+            stream = tf.data.Dataset.range(1).flat_map(fresh_stream).prefetch(tf.data.AUTOTUNE)
+            return without_autotuning(stream)
 
         if self.tf_strategy is not None:
             return self.tf_strategy.distribute_datasets_from_function(per_pipeline_dataset)

@@ -161,3 +161,12 @@ def test_trains_bert_classifier():
     classifier.compile(run_eagerly=True)
     history = classifier.fit(dataset.take(2), epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
+
+
+def test_pipeline_runs_without_tf_data_autotuning():
+    # See kbert.data.sources.without_autotuning: a used iterator is deleted without waiting.
+    preprocessor = BertPreprocessor(BertTokenizer(TINY_VOCABULARY), sequence_length=16)
+    examples = tf.data.Dataset.from_tensor_slices({"text": ["a good film", "a bad plot"], "label": [1, 0]})
+    dataset = classification_dataset(examples, preprocessor, batch_size=2, seed=0)
+    assert dataset.options().autotune.enabled is False
+    assert next(iter(dataset))[1].shape == (2,)

@@ -277,3 +277,14 @@ def test_each_input_pipeline_reads_its_share():
         # document, and [CLS] ... [SEP] around each sequence.
         share = tokenizer(tf.constant(texts[index::2])).flat_values.shape[0] + len(texts[index::2])
         assert num_real == share + 2 * num_sequences
+
+
+def test_pipeline_runs_without_tf_data_autotuning():
+    # With autotuning on, deleting a used iterator (Keras does at every fit, evaluate and epoch)
+    # waits for tf.data's autotuning thread to wake up: seconds at a time (see
+    # kbert.data.sources.without_autotuning).
+    tokenizer = BertTokenizer(TINY_VOCABULARY)
+    documents = tf.data.Dataset.from_tensor_slices(["the cat sat on the mat . " * 40] * 4)
+    dataset = pretraining_dataset(documents, tokenizer, batch_size=4, sequence_length=32, seed=0)
+    assert dataset.options().autotune.enabled is False
+    assert next(iter(dataset))[0]["token_ids"].shape == (4, 32)

@@ -11,7 +11,7 @@ boundaries keep the number of distinct shapes (and XLA compilations) small.
 
 import tensorflow as tf
 
-from kbert.data.sources import LabeledTexts, distribution_options, load_labeled_texts
+from kbert.data.sources import LabeledTexts, distribution_options, load_labeled_texts, without_autotuning
 
 _EXAMPLES_PER_TOKENIZER_CALL = 256
 
@@ -168,4 +168,5 @@ def classification_dataset(
         return x, tf.ensure_shape(batch["label"], static_shape[:1])
 
     dataset = dataset.map(pack, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.with_options(distribution_options(input_context)).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.with_options(distribution_options(input_context)).prefetch(tf.data.AUTOTUNE)
+    return without_autotuning(dataset)

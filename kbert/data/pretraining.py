@@ -13,7 +13,7 @@ sequence anew (RoBERTa's dynamic masking).
 import numpy as np
 import tensorflow as tf
 
-from kbert.data.sources import distribution_options, load_documents
+from kbert.data.sources import distribution_options, load_documents, without_autotuning
 from kbert.tokenizer import SUFFIX_INDICATOR, BertPreprocessor
 
 # Documents tokenized per step, and per block of the stream that is cut into chunks.
@@ -361,7 +361,8 @@ def pretraining_dataset(
         return x, y, sample_weight
 
     dataset = batches.map(make_example, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.with_options(distribution_options(input_context)).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.with_options(distribution_options(input_context)).prefetch(tf.data.AUTOTUNE)
+    return without_autotuning(dataset)
 
 
 def _pair_segments(chunks, lengths, pairing_seed, split_seed):
