@@ -155,12 +155,14 @@ def write_json(path, value):
     print(f"wrote {path}")
 
 
-def training_benchmark_main(description, run, name, steps, precisions, rounds=5):
+def training_benchmark_main(description, run, name, steps, precisions, rounds=5, extra_arguments=()):
     """The command line of a training benchmark: `run(size, rounds, steps, precisions)`.
 
-    Takes `--size`, `--rounds` (default `rounds`), `--steps` (default `steps`), `--precision` (repeatable,
-    default `precisions`) and `--output` (default benchmarks/results/NAME.json); writes the
-    report `run` returns, or exits with code 2 where it returns None (its data is missing).
+    Takes `--size`, `--rounds` (default `rounds`), `--steps` (default `steps`), `--precision`
+    (repeatable, default `precisions`), `--output` (default benchmarks/results/NAME.json) and
+    the `extra_arguments` (`(flag, add_argument keywords)` pairs), which reach `run` as
+    keyword arguments; writes the report `run` returns, or exits with code 2 where it returns
+    None (its data is missing).
     """
     import argparse
 
@@ -170,8 +172,12 @@ def training_benchmark_main(description, run, name, steps, precisions, rounds=5)
     parser.add_argument("--steps", type=int, default=steps, help="training steps per measurement")
     parser.add_argument("--precision", action="append", help="float32 and/or mixed_bfloat16")
     parser.add_argument("--output", default=os.path.join(BENCHMARKS_DIR, "results", f"{name}.json"))
+    extra = [parser.add_argument(flag, **keywords).dest for flag, keywords in extra_arguments]
     args = parser.parse_args()
-    report = run(args.size, args.rounds, args.steps, tuple(args.precision or precisions))
+    report = run(
+        args.size, args.rounds, args.steps, tuple(args.precision or precisions),
+        **{dest: getattr(args, dest) for dest in extra},
+    )
     if report is None:
         parser.exit(2)
     write_json(args.output, report)

@@ -1,9 +1,10 @@
 """Pretraining throughput: kbert vs keras-hub vs Hugging Face, side by side.
 
-    python -m benchmarks.pretraining [--size mini] [--rounds 8] [--steps 10]
+    python -m benchmarks.pretraining [--size mini] [--rounds 8] [--steps 10] [--sequence-length 128]
 
 The same masked-LM work for every contender: a BERT of the given size, vocabulary 30,522,
-sequence 128, batch 32, 20 predictions per sequence, AdamW (kbert's own for kbert: the same
+sequence 128 (or `--sequence-length`), batch 32 (or `--batch-size`), 20 predictions per 128
+positions, AdamW (kbert's own for kbert: the same
 update, fused on TensorFlow, and no weight decay on LayerNorm and biases, as in BERT; Keras'
 for keras-hub; torch's for Hugging Face), one optimizer step per batch,
 in float32 and mixed_bfloat16. Reports training tokens/s (medians over alternating rounds),
@@ -108,7 +109,9 @@ def _huggingface_setup(options):
         num_attention_heads=options["num_heads"],
         intermediate_size=options["intermediate_dim"],
     )
-    model = transformers.BertForMaskedLM(config).train()
+    # On a GPU where torch has one (untested here: the project's machines have none).
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = transformers.BertForMaskedLM(config).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
     x, mask_ids, _ = _synthetic_batch(options)
     labels = torch.full(x["token_ids"].shape, -100, dtype=torch.long)
@@ -120,10 +123,15 @@ def _huggingface_setup(options):
         "attention_mask": torch.as_tensor(x["padding_mask"], dtype=torch.long),
         "labels": labels,
     }
+    inputs = {key: value.to(device) for key, value in inputs.items()}
     autocast = options["precision"] == "mixed_bfloat16"
 
+    def synchronize():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
             loss = model(**inputs).loss
         loss.backward()
         optimizer.step()
@@ -133,9 +141,11 @@ def _huggingface_setup(options):
         step()
 
     def measure():
+        synchronize()
         start = time.perf_counter()
         for _ in range(options["steps"]):
             step()
+        synchronize()
         seconds = time.perf_counter() - start
         return {"tokens_per_second": options["steps"] * options["batch_size"] * options["sequence_length"] / seconds}
 
@@ -148,11 +158,19 @@ def setup(options):
     return _keras_setup(options)
 
 
-def run(size="mini", rounds=8, steps=10, precisions=("float32", "mixed_bfloat16"), kbert_backends=("tensorflow", "jax")):
+def run(
+    size="mini", rounds=8, steps=10, precisions=("float32", "mixed_bfloat16"),
+    kbert_backends=("tensorflow", "jax"), sequence_length=128, batch_size=32,
+):
     import kbert
 
     model_size = kbert.size_config(size)
-    base = dict(model_size, sequence_length=128, batch_size=32, num_predictions=20, steps=steps)
+    # BERT's 20 predictions per 128 positions: 80 at 512, as in its second pretraining phase.
+    num_predictions = 20 * sequence_length // 128
+    base = dict(
+        model_size, sequence_length=sequence_length, batch_size=batch_size,
+        num_predictions=num_predictions, steps=steps,
+    )
     shape = (
         model_size["num_layers"], model_size["hidden_dim"], model_size["intermediate_dim"],
         base["sequence_length"], base["batch_size"],
@@ -186,7 +204,11 @@ def run(size="mini", rounds=8, steps=10, precisions=("float32", "mixed_bfloat16"
         contenders["transformers (torch)"] = (
             "benchmarks.pretraining", dict(base, contender="huggingface", precision=precision), "torch"
         )
-        print(f"pretraining, {size}, {precision}: matmul peak {peak:.0f} GFLOP/s", flush=True)
+        print(
+            f"pretraining, {size}, sequence {sequence_length}, batch {batch_size}, {precision}: "
+            f"matmul peak {peak:.0f} GFLOP/s",
+            flush=True,
+        )
         results = harness.run_alternating(contenders, rounds)
         best_kbert = max(
             (name for name in results if name.startswith("kbert")),
@@ -223,6 +245,10 @@ def main():
     harness.training_benchmark_main(
         __doc__.split("\n\n")[0], run, "pretraining", steps=10, rounds=8,
         precisions=("float32", "mixed_bfloat16"),
+        extra_arguments=(
+            ("--sequence-length", dict(type=int, default=128)),
+            ("--batch-size", dict(type=int, default=32)),
+        ),
     )
 
 
