@@ -30,7 +30,7 @@ QUICK = {
 }
 BENCHMARKS = ("pretraining", "finetuning", "serving", "data_pipelines")
 FULL = {
-    # Eight rounds for pretraining: a process's steps can run 10% slow for a few seconds at
+    # Eight rounds for pretraining: a process's steps can run 10 to 15% slow for seconds at
     # a time (kbert's and keras-hub's alike, not at the same moments), and with five rounds
     # one such spell moved the median of either by several percent.
     "pretraining": {"rounds": 8, "steps": 10},
