@@ -304,9 +304,7 @@ class BertPreprocessor(tf.Module):
         segments = [token_ids] if token_ids_pair is None else [token_ids, token_ids_pair]
         segments = [tf.cast(segment, tf.int32) for segment in segments]
         num_special_tokens = len(segments) + 1
-        # Round-robin trimming keeps min(length, max(ceil(budget / 2), budget - other)) tokens of
-        # each segment: the result of BERT's truncate-the-longest-first loop.
-        segments = tf_text.RoundRobinTrimmer(sequence_length - num_special_tokens).trim(segments)
+        segments = truncate_longest_first(segments, sequence_length - num_special_tokens)
         token_ids, segment_ids = tf_text.combine_segments(
             segments,
             start_of_sequence_id=self.tokenizer.cls_token_id,
@@ -328,6 +326,51 @@ class BertPreprocessor(tf.Module):
 
     def get_config(self):
         return {"sequence_length": self.sequence_length}
+
+
+def truncate_longest_first(segments, max_tokens):
+    """Truncates one or two ragged segments to at most `max_tokens` tokens per row in all.
+
+    BERT's loop drops the last token of the longer segment (of the second on a tie) until the
+    pair fits, which keeps `min(length, max(share, max_tokens - other_length))` tokens of each
+    segment, where the first segment's share is `ceil(max_tokens / 2)` and the second's
+    `floor(max_tokens / 2)`. That is what TF Text's `RoundRobinTrimmer` computes, but its op is
+    not in the TF Text 2.12 library that TF Serving 2.12 to 2.19 link, so the arithmetic is
+    written here with core ops.
+
+    Args:
+        segments: a list of one or two int32 `tf.RaggedTensor`s of shape (batch, (tokens)).
+        max_tokens: int or scalar int tensor, the tokens every row may keep in all.
+
+    Returns:
+        The truncated segments, in order.
+
+    Raises:
+        tf.errors.InvalidArgumentError: two segments with different numbers of rows (also
+            inside a graph, before any op that reads both).
+    """
+    max_tokens = tf.cast(max_tokens, tf.int64)
+    lengths = [segment.row_lengths() for segment in segments]  # each (batch,), int64
+    if len(segments) == 1:
+        keep = [tf.minimum(lengths[0], max_tokens)]
+    else:
+        check = tf.debugging.assert_equal(
+            tf.size(lengths[0]),
+            tf.size(lengths[1]),
+            message="Expected text and text_pair to hold the same number of texts",
+        )
+        with tf.control_dependencies([check]):
+            lengths = [tf.identity(length) for length in lengths]
+        first, second = lengths
+        first_share = (max_tokens + 1) // 2
+        keep = [
+            tf.minimum(first, tf.maximum(first_share, max_tokens - second)),
+            tf.minimum(second, tf.maximum(max_tokens - first_share, max_tokens - first)),
+        ]
+    return [
+        tf.ragged.boolean_mask(segment, tf.ragged.range(length) < row_keep[:, tf.newaxis])
+        for segment, length, row_keep in zip(segments, lengths, keep)
+    ]
 
 
 def train_vocabulary(

@@ -217,6 +217,40 @@ def test_preprocessor_truncates_the_longest_segment_first():
     assert packed["token_ids"].numpy().tolist() == [[2, 7, 6, 3, 0]]
 
 
+def test_truncation_keeps_the_tokens_tf_texts_round_robin_trimmer_keeps():
+    import itertools
+
+    import tensorflow_text as tf_text
+
+    from kbert.tokenizer import truncate_longest_first
+
+    # Every pair of lengths up to 11 against every budget up to 15, odd and even.
+    rng = np.random.default_rng(0)
+    lengths = list(itertools.product(range(12), range(12)))
+    first = tf.ragged.constant([rng.integers(5, 99, a).tolist() for a, _ in lengths], tf.int32)
+    second = tf.ragged.constant([rng.integers(5, 99, b).tolist() for _, b in lengths], tf.int32)
+    for budget in range(16):
+        expected = tf_text.RoundRobinTrimmer(budget).trim([first, second])
+        for ours, theirs in zip(truncate_longest_first([first, second], budget), expected):
+            assert ours.to_list() == theirs.to_list(), budget
+        (single,) = truncate_longest_first([first], tf.constant(budget))
+        assert single.to_list() == tf_text.RoundRobinTrimmer(budget).trim([first])[0].to_list()
+
+
+def test_a_pair_batch_of_different_sizes_is_refused():
+    preprocessor = BertPreprocessor(BertTokenizer(TINY_VOCABULARY), sequence_length=16)
+    for num_texts, num_pairs in [(2, 0), (64, 1), (3, 2), (2, 3)]:
+        with pytest.raises(tf.errors.InvalidArgumentError, match="same number of texts"):
+            preprocessor(tf.constant(["a b c"] * num_texts), tf.constant(["good"] * num_pairs, tf.string))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)] * 2)
+    def packed(text, text_pair):
+        return preprocessor(text, text_pair)["token_ids"]
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match="same number of texts"):
+        packed(tf.constant(["a b c"] * 2), tf.constant([], tf.string))
+
+
 def test_preprocessor_pads_to_the_longest_row_when_asked():
     preprocessor = BertPreprocessor(BertTokenizer(TINY_VOCABULARY), sequence_length=8)
     texts = tf.constant(["good", "good film"])
