@@ -13,7 +13,7 @@ included, and fails if any other op appears (`check_serving_ops`).
 The signatures themselves are built in `kbert/signatures.py`.
 """
 
-import glob
+import itertools
 import json
 import os
 import shutil
@@ -24,15 +24,25 @@ import tempfile
 import keras
 
 from kbert import model_dir as model_directory
+from kbert import deployment, serving_releases
 
 INCOMPLETE_PREFIX = ".incomplete-"
 EXPORT_INFO_FILE = os.path.join("assets.extra", "kbert_export.json")
 DEFAULT_SEQUENCE_LENGTH = 128
-PYTHON_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
+# Node attributes that only name things in error messages, by op.
+DEBUGGING_ATTRIBUTES = {"VarHandleOp": ("debug_name",)}
 
 
 def export(
-    model_dir, base_dir, version=None, sequence_length=None, text_pair=None, top_k=5
+    model_dir,
+    base_dir,
+    version=None,
+    sequence_length=None,
+    text_pair=None,
+    top_k=5,
+    serving_version=serving_releases.OLDEST_RELEASE,
+    keep_versions=1,
+    serving_root=deployment.DEFAULT_SERVING_ROOT,
 ):
     """Exports a kbert model directory as a new version of a TensorFlow Serving model.
 
@@ -50,6 +60,12 @@ def export(
         text_pair: whether the raw-text signatures take a `text_pair` input; `None` reads it
             from the model directory's task.
         top_k: candidate tokens per `[MASK]` in the `fill_mask` signature.
+        serving_version: the oldest TensorFlow Serving release the export must run on
+            ("2.12" to "2.20"); its op registry is what the graph is checked against.
+        keep_versions: how many of the latest versions `models.config` tells the server
+            to serve.
+        serving_root: where the model server sees the directory that holds `base_dir`
+            (`/models` in the official image), for the base paths of `models.config`.
 
     Returns:
         The path of the new version directory.
@@ -65,6 +81,9 @@ def export(
         "sequence_length": sequence_length,
         "text_pair": text_pair,
         "top_k": top_k,
+        "serving_version": serving_releases.release(serving_version).name,
+        "keep_versions": keep_versions,
+        "serving_root": serving_root,
     }
     if version is not None and (
         not isinstance(version, int) or isinstance(version, bool) or version < 1
@@ -74,7 +93,9 @@ def export(
         )
     if not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"Expected top_k to be a positive integer. Received: top_k={top_k!r}")
+    deployment.check_keep_versions(keep_versions)
     model_directory.read_config(arguments["model_dir"])
+    deployment.read_model_config(arguments["base_dir"])  # a broken models.config fails first
     _check_version_is_free(arguments["base_dir"], version)
     if keras.backend.backend() != "tensorflow":
         return _export_in_tensorflow_process(arguments)
@@ -92,9 +113,8 @@ def versions(base_dir):
     )
 
 
-def serving_ops(saved_model_dir):
-    """Returns the names of the ops in a SavedModel's graphs, function library included."""
-    ops = set()
+def _nodes(saved_model_dir):
+    """Yields every `NodeDef` of a SavedModel's graphs, function library included."""
     for meta_graph in read_saved_model(saved_model_dir).meta_graphs:
         graph = meta_graph.graph_def
         # A node may call a library function by its name: that is not an op.
@@ -102,8 +122,12 @@ def serving_ops(saved_model_dir):
         nodes = list(graph.node)
         for function in graph.library.function:
             nodes.extend(function.node_def)
-        ops.update(node.op for node in nodes if node.op not in function_names)
-    return ops
+        yield from (node for node in nodes if node.op not in function_names)
+
+
+def serving_ops(saved_model_dir):
+    """Returns the names of the ops in a SavedModel's graphs, function library included."""
+    return {node.op for node in _nodes(saved_model_dir)}
 
 
 def xla_compiled_functions(saved_model_dir):
@@ -122,29 +146,26 @@ def xla_compiled_functions(saved_model_dir):
     return names
 
 
-def check_serving_ops(saved_model_dir):
-    """Fails unless every op of the SavedModel is a core TensorFlow or TensorFlow Text op,
-    and no function needs XLA (TensorFlow Serving's XLA JIT is off by default; kbert uses
-    XLA only in training steps).
+def check_serving_ops(saved_model_dir, serving_version=serving_releases.OLDEST_RELEASE):
+    """Fails unless TensorFlow Serving `serving_version` registers every op of the SavedModel,
+    with every attribute its nodes set, and no function needs XLA (TensorFlow Serving's XLA
+    JIT is off by default; kbert uses XLA only in training steps).
+
+    The ops are checked against the release's own registry (`kbert.serving_releases`), not
+    against the TensorFlow that wrote the export.
 
     Returns:
         `{"tensorflow": [...], "tensorflow_text": [...]}`, the sorted op names of each kind.
     """
-    import tensorflow as tf
-
-    ops = serving_ops(saved_model_dir)
-    # `tf.raw_ops` is generated from core TensorFlow's op registrations only, so libraries
-    # loaded into this process (TensorFlow Text's among them) do not add to it. The ops of
-    # tf.py_function and tf.numpy_function are core ops that call back into Python, which
-    # the model server does not have.
-    core_ops = ops & (set(dir(tf.raw_ops)) - PYTHON_OPS)
-    text_ops = (ops - core_ops) & tensorflow_text_ops()
-    unknown_ops = ops - core_ops - text_ops
-    if unknown_ops:
+    release = serving_releases.release(serving_version).name
+    problems = serving_releases.unsupported_nodes(_nodes(saved_model_dir), release)
+    if problems:
         raise ValueError(
-            f"The SavedModel in {saved_model_dir} uses ops that are neither core TensorFlow nor "
-            f"TensorFlow Text ops, or that call Python, so TensorFlow Serving cannot run it: "
-            f"{', '.join(sorted(unknown_ops))}"
+            f"TensorFlow Serving {release} cannot run the SavedModel in {saved_model_dir}: "
+            + "; ".join(
+                serving_releases.describe_problem(op, attributes, release)
+                for op, attributes in problems
+            )
         )
     xla_functions = xla_compiled_functions(saved_model_dir)
     if xla_functions:
@@ -152,31 +173,22 @@ def check_serving_ops(saved_model_dir):
             f"The SavedModel in {saved_model_dir} has functions that must be compiled by XLA, "
             f"which TensorFlow Serving does not do by default: {', '.join(sorted(xla_functions))}"
         )
-    return {"tensorflow": sorted(core_ops), "tensorflow_text": sorted(text_ops)}
+    ops = serving_ops(saved_model_dir)
+    text_ops = ops & serving_releases.tensorflow_text_ops(release)
+    return {"tensorflow": sorted(ops - text_ops), "tensorflow_text": sorted(text_ops)}
 
 
-def tensorflow_text_ops():
-    """Returns the names of the ops registered by TensorFlow Text's op libraries."""
-    import tensorflow_text
-    from tensorflow.core.framework import op_def_pb2
-    from tensorflow.python.client import pywrap_tf_session
-
-    # The op libraries are the shared objects under tensorflow_text/python; TF Text loads
-    # them all on import, so loading one again only returns its op list.
-    package_dir = os.path.dirname(tensorflow_text.__file__)
-    libraries = glob.glob(os.path.join(package_dir, "python", "**", "_*.so"), recursive=True)
-    names = set()
-    for library in libraries:
-        handle = pywrap_tf_session.TF_LoadLibrary(library)
-        try:
-            op_list = op_def_pb2.OpList.FromString(pywrap_tf_session.TF_GetOpList(handle))
-        finally:
-            pywrap_tf_session.TF_DeleteLibraryHandle(handle)
-        names.update(op.name for op in op_list.op)
-    return names
-
-
-def _export(model_dir, base_dir, version, sequence_length, text_pair, top_k):
+def _export(
+    model_dir,
+    base_dir,
+    version,
+    sequence_length,
+    text_pair,
+    top_k,
+    serving_version,
+    keep_versions,
+    serving_root,
+):
     import tensorflow as tf
 
     from kbert.signatures import build_serving_module
@@ -205,8 +217,15 @@ def _export(model_dir, base_dir, version, sequence_length, text_pair, top_k):
     )
     try:
         tf.saved_model.save(module, temporary_dir, signatures=signatures)
-        _set_method_names(temporary_dir, method_names)
-        ops = check_serving_ops(temporary_dir)
+        _finish_saved_model(temporary_dir, method_names)
+        ops = check_serving_ops(temporary_dir, serving_version)
+        num_warmup_requests = deployment.write_warmup_requests(
+            temporary_dir,
+            model_name=os.path.basename(os.path.abspath(base_dir)),
+            signature_defs=signature_defs(temporary_dir),
+            vocabulary=preprocessor.tokenizer.vocabulary,
+            sequence_length=sequence_length,
+        )
         _write_json(
             os.path.join(temporary_dir, EXPORT_INFO_FILE),
             {
@@ -218,6 +237,8 @@ def _export(model_dir, base_dir, version, sequence_length, text_pair, top_k):
                 "signatures": method_names,
                 "tensorflow_text_ops": ops["tensorflow_text"],
                 "tensorflow_version": tf.__version__,
+                "serving_version": serving_version,
+                "warmup_requests": num_warmup_requests,
             },
         )
         # mkdtemp() makes the directory private to its owner; a model server often runs as
@@ -225,10 +246,13 @@ def _export(model_dir, base_dir, version, sequence_length, text_pair, top_k):
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temporary_dir, 0o777 & ~umask)
-        return _publish(temporary_dir, base_dir, version)
+        version_dir = _publish(temporary_dir, base_dir, version)
     except BaseException:
         shutil.rmtree(temporary_dir, ignore_errors=True)
         raise
+    deployment.update_model_config(base_dir, keep_versions, serving_root)
+    deployment.write_batching_parameters(os.path.dirname(os.path.abspath(base_dir)))
+    return version_dir
 
 
 def resolve_sequence_length(config, model, sequence_length=None):
@@ -286,11 +310,14 @@ def _publish(temporary_dir, base_dir, version):
         return version_dir
 
 
-def _set_method_names(saved_model_dir, method_names):
-    """Sets each SignatureDef's method name, which `tf.saved_model.save` always makes "predict".
+def _finish_saved_model(saved_model_dir, method_names):
+    """Sets each SignatureDef's method name and drops debugging-only node attributes.
 
-    TF Serving's Classify and Regress APIs accept only signatures whose method name says so.
-    The fingerprint, a checksum of `saved_model.pb`, is then written again.
+    `tf.saved_model.save` makes every method name "predict", but TF Serving's Classify and
+    Regress APIs accept only signatures whose method name says so. TensorFlow 2.13 added the
+    attributes in `DEBUGGING_ATTRIBUTES`, which only name things for error messages; older
+    servers do not register them. The fingerprint, a checksum of `saved_model.pb`, is then
+    written again.
     """
     from tensorflow.python.saved_model import fingerprinting_utils
 
@@ -298,6 +325,13 @@ def _set_method_names(saved_model_dir, method_names):
     for meta_graph in saved_model.meta_graphs:
         for name, method_name in method_names.items():
             meta_graph.signature_def[name].method_name = method_name
+        graph = meta_graph.graph_def
+        for node in itertools.chain(
+            graph.node, *(function.node_def for function in graph.library.function)
+        ):
+            for attribute in DEBUGGING_ATTRIBUTES.get(node.op, ()):
+                if attribute in node.attr:
+                    del node.attr[attribute]
     with open(os.path.join(saved_model_dir, "saved_model.pb"), "wb") as file:
         file.write(saved_model.SerializeToString())
     fingerprinting_utils.write_fingerprint(saved_model_dir)
@@ -312,6 +346,16 @@ def read_saved_model(saved_model_dir):
         raise FileNotFoundError(f"{saved_model_dir} is not a SavedModel: it has no saved_model.pb")
     with open(path, "rb") as file:
         return saved_model_pb2.SavedModel.FromString(file.read())
+
+
+def signature_defs(saved_model_dir):
+    """Returns `{name: SignatureDef}` of a SavedModel, without TF's internal signatures."""
+    (meta_graph,) = read_saved_model(saved_model_dir).meta_graphs
+    return {
+        name: signature_def
+        for name, signature_def in meta_graph.signature_def.items()
+        if not name.startswith("__")
+    }
 
 
 def _write_json(path, value):

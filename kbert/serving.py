@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from kbert.export import read_saved_model, versions
+from kbert.export import signature_defs, versions
 from kbert.signatures import SERVING_DEFAULT
 
 CLASSIFY_METHOD = "tensorflow/serving/classify"
@@ -56,7 +56,7 @@ class SavedModelServer:
 
         self.path = resolve_version_dir(path)
         self._loaded = tf.saved_model.load(self.path)
-        self.signature_defs = _read_signature_defs(self.path)
+        self.signature_defs = signature_defs(self.path)
 
     def run(self, signature_name, inputs):
         """Runs a signature on `{input name: array-like}`; returns `{output name: np.ndarray}`."""
@@ -74,6 +74,13 @@ class SavedModelServer:
                 name: tf.constant(value, dtype=tf.dtypes.as_dtype(signature_def.inputs[name].dtype))
                 for name, value in inputs.items()
             }
+            for name, tensor in tensors.items():
+                expected_shape = tf.TensorShape(signature_def.inputs[name].tensor_shape)
+                if not expected_shape.is_compatible_with(tensor.shape):
+                    raise ValueError(
+                        f"Expected input {name} of shape {expected_shape} "
+                        f"(None: any size). Received: shape {tensor.shape}"
+                    )
             outputs = self._loaded.signatures[signature_name](**tensors)
         except (TypeError, ValueError, tf.errors.InvalidArgumentError) as error:
             # What TF Serving answers with 400 Bad Request, in one line.
@@ -172,26 +179,20 @@ def describe_signatures(saved_model_dir):
         )
 
     lines = []
-    for name, signature_def in sorted(_read_signature_defs(saved_model_dir).items()):
+    for name, signature_def in sorted(signature_defs(saved_model_dir).items()):
         lines.append(f"  {name} ({signature_def.method_name})")
         lines.append(f"    inputs:  {tensors(signature_def.inputs)}")
         lines.append(f"    outputs: {tensors(signature_def.outputs)}")
     return "\n".join(lines)
 
 
-def _read_signature_defs(saved_model_dir):
-    (meta_graph,) = read_saved_model(saved_model_dir).meta_graphs
-    return {
-        name: signature_def
-        for name, signature_def in meta_graph.signature_def.items()
-        if not name.startswith("__")
-    }
-
-
 def _row_inputs(instances, input_names):
     if not isinstance(instances, list):
         raise ValueError('Expected "instances" to be a list')
-    if len(input_names) == 1 and not all(isinstance(instance, dict) for instance in instances):
+    # With one input, an instance is its value; {"b64": ...} is a value too, not named inputs.
+    if len(input_names) == 1 and not all(
+        isinstance(instance, dict) and not _is_binary(instance) for instance in instances
+    ):
         return {input_names[0]: [_decode_binary(instance) for instance in instances]}
     inputs = {name: [] for name in input_names}
     for index, instance in enumerate(instances):
@@ -213,9 +214,13 @@ def _columnar_inputs(columns, input_names):
     return {name: _decode_binary(columns[name]) for name in input_names}
 
 
+def _is_binary(value):
+    return isinstance(value, dict) and set(value) == {"b64"}
+
+
 def _decode_binary(value):
     # REST bodies carry strings as UTF-8 text, and arbitrary bytes as {"b64": ...}.
-    if isinstance(value, dict) and set(value) == {"b64"}:
+    if _is_binary(value):
         return base64.b64decode(value["b64"])
     if isinstance(value, list):
         return [_decode_binary(item) for item in value]

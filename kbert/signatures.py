@@ -10,7 +10,8 @@ softmax, class names), and every input and output has a fixed dtype and shape:
                         -> probabilities float32 [batch, num_classes], label_id int32 [batch],
                            label string [batch]
       serve_token_ids   token_ids, segment_ids, padding_mask: int32 [batch, sequence]
-                        -> the same three outputs
+                        -> the same three outputs (rows longer than the model's
+                           max_sequence_length are truncated to it)
       serve_examples    inputs: serialized tf.Example [batch], features `text` (+ `text_pair`)
                         -> classes string [batch, num_classes], scores float32 [batch, num_classes]
                         (method tensorflow/serving/classify, for TF Serving's Classify API)
@@ -21,6 +22,10 @@ softmax, class names), and every input and output has a fixed dtype and shape:
                         -> mask_positions int32 [batch, masks], token_ids int32 [batch, masks, top_k],
                            tokens string [batch, masks, top_k], scores float32 [batch, masks, top_k]
                         (also exported as serving_default)
+
+Every signature checks its inputs in the graph and answers a request it cannot read
+(inputs of different batch sizes or shapes, ids outside the vocabulary, an Example without
+its text) with InvalidArgument, which TF Serving returns as a 400, never with a crash.
 """
 
 import tensorflow as tf
@@ -90,7 +95,9 @@ def build_serving_module(model, preprocessor, label_names=None, text_pair=False,
                 for key in input_names
             ]
             traced[function, input_names] = tf.function(
-                function, input_signature=input_signature, autograph=False
+                _with_checked_ranks(function, input_names),
+                input_signature=input_signature,
+                autograph=False,
             ).get_concrete_function()
         signatures[name] = traced[function, input_names]
         method_names[name] = method_name
@@ -117,7 +124,7 @@ def _classifier_endpoints(model, preprocessor, label_names, text_pair):
         )
     text_names = ("text", "text_pair") if text_pair else ("text",)
 
-    def from_token_ids(token_ids, segment_ids, padding_mask):
+    def run_model(token_ids, segment_ids, padding_mask):
         logits = model(
             {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask},
             training=False,
@@ -129,14 +136,17 @@ def _classifier_endpoints(model, preprocessor, label_names, text_pair):
         label = tf.gather(tf.constant(label_names), label_id)
         return {"probabilities": probabilities, "label_id": label_id, "label": label}
 
+    def from_token_ids(token_ids, segment_ids, padding_mask):
+        return run_model(**checked_token_id_inputs(model.backbone, token_ids, segment_ids, padding_mask))
+
     def from_text(text, text_pair=None):
         # Padded to the longest request of the batch, not to the model's sequence length.
-        return from_token_ids(**preprocessor(text, text_pair, pad_to_longest=True))
+        return run_model(**preprocessor(text, text_pair, pad_to_longest=True))
 
     def from_examples(inputs):
+        # No default value: an Example without the text is refused, not read as "".
         features = tf.io.parse_example(
-            inputs,
-            {name: tf.io.FixedLenFeature([], tf.string, default_value="") for name in text_names},
+            inputs, {name: tf.io.FixedLenFeature([], tf.string) for name in text_names}
         )
         outputs = from_text(**features)
         if regression:
@@ -161,6 +171,79 @@ def _classifier_endpoints(model, preprocessor, label_names, text_pair):
             REGRESS_METHOD if regression else CLASSIFY_METHOD,
         ),
     }
+
+
+def _with_checked_ranks(function, input_names):
+    """`function` with each input checked for the rank of its spec first."""
+    def checked(*values):
+        return function(
+            *(
+                checked_rank(value, INPUT_SPECS[name].shape.rank, name)
+                for value, name in zip(values, input_names)
+            )
+        )
+
+    return checked
+
+
+def checked_rank(value, rank, name):
+    """`value` if it has rank `rank`, else InvalidArgument.
+
+    A signature's TensorSpec holds a rank only for Python callers: the model server feeds
+    whatever tensor a request carries. The check does not use the static shape, which the
+    graph would take on trust: a tensor of the right rank holds as many elements as the
+    product of its first `rank` dimensions.
+    """
+    shape = tf.shape(value)
+    padded_shape = tf.concat([shape, tf.ones([rank], tf.int32)], axis=0)[:rank]
+    checks = [
+        tf.debugging.assert_equal(
+            tf.raw_ops.Rank(input=value), rank, message=f"Expected {name} to have rank {rank}"
+        ),
+        tf.debugging.assert_equal(
+            tf.size(value), tf.reduce_prod(padded_shape), message=f"Expected {name} to have rank {rank}"
+        ),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.reshape(value, padded_shape)
+
+
+def checked_token_id_inputs(backbone, token_ids, segment_ids, padding_mask):
+    """Refuses token-id inputs the model cannot read; truncates overlong sequences.
+
+    The three inputs must have the same shape, ids must lie in the vocabulary, segment ids
+    below `num_segments` and the padding mask be 0 or 1: anything else is answered with
+    InvalidArgument (an embedding lookup would wrap around or read past its table).
+    Sequences longer than the model's `max_sequence_length` keep their first positions, as
+    the raw-text signatures truncate.
+    """
+    inputs = {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask}
+    checks = [
+        tf.debugging.assert_equal(
+            tf.shape(value),
+            tf.shape(token_ids),
+            message=f"Expected {name} to have the shape of token_ids",
+        )
+        for name, value in inputs.items()
+        if name != "token_ids"
+    ]
+    limits = {
+        "token_ids": backbone.vocabulary_size,
+        "segment_ids": backbone.num_segments,
+        "padding_mask": 2,
+    }
+    for name, limit in limits.items():
+        checks.append(
+            tf.debugging.assert_non_negative(inputs[name], message=f"Expected {name} to be non-negative")
+        )
+        checks.append(
+            tf.debugging.assert_less(inputs[name], limit, message=f"Expected {name} to be below {limit}")
+        )
+    with tf.control_dependencies(checks):
+        return {
+            name: tf.identity(value[:, : backbone.max_sequence_length])
+            for name, value in inputs.items()
+        }
 
 
 def _masked_lm_endpoints(model, preprocessor, top_k):
@@ -199,7 +282,15 @@ def _masked_lm_endpoints(model, preprocessor, top_k):
         positions = tf.ragged.boolean_mask(
             tf.broadcast_to(tf.range(sequence_length), tf.shape(inputs["token_ids"])),
             inputs["token_ids"] == tokenizer.mask_token_id,
-        ).to_tensor(default_value=-1)  # (batch, masks); -1 pads rows with fewer masks
+        )  # (batch, (masks))
+        # The largest count of masks in a row; 0 for a batch of none (or of no texts).
+        num_masks = tf.cast(tf.reduce_max(tf.concat([positions.row_lengths(), [0]], 0)), tf.int32)
+        # The model is asked for at least one position, so that a batch without any [MASK]
+        # still has a shape it runs; the outputs keep only `num_masks` of them.
+        positions = positions.to_tensor(default_value=-1)  # (batch, masks); -1 pads short rows
+        positions = tf.pad(
+            positions, [[0, 0], [0, tf.maximum(1 - num_masks, 0)]], constant_values=-1
+        )  # (batch, max(masks, 1))
         logits = model(dict(inputs, mask_positions=tf.maximum(positions, 0)), training=False)
         if isinstance(logits, dict):
             logits = logits["mlm"]  # (batch, masks, vocabulary_size)
@@ -207,12 +298,13 @@ def _masked_lm_endpoints(model, preprocessor, top_k):
         # The scores stay the model's probabilities; special tokens are only never proposed.
         scores, candidate_ids = tf.math.top_k(probabilities * special_token_weights, k=top_k)
         is_mask = (positions >= 0)[:, :, None]
-        return {
+        outputs = {
             "mask_positions": positions,
             "token_ids": tf.where(is_mask, candidate_ids, -1),
             "tokens": tf.where(is_mask, tf.gather(vocabulary, candidate_ids), ""),
             "scores": tf.where(is_mask, scores, 0.0),
         }
+        return {name: value[:, :num_masks] for name, value in outputs.items()}
 
     return {
         SERVING_DEFAULT: (fill_mask, ("text",), PREDICT_METHOD),

@@ -90,7 +90,11 @@ with tf.compat.v1.Session(graph=tf.Graph()) as session:
                 value = np.array(value, dtype=np.int32)
             feeds[signature.inputs[name].name] = value
         fetches = {name: info.name for name, info in signature.outputs.items()}
-        outputs = session.run(fetches, feeds)
+        try:
+            outputs = session.run(fetches, feeds)
+        except tf.errors.InvalidArgumentError as error:  # what TF Serving answers with a 400
+            responses.append({"error": "InvalidArgument", "message": error.message[:500]})
+            continue
         responses.append(
             {
                 "method_name": signature.method_name,
@@ -162,11 +166,18 @@ def _bytes(value):
     return value.encode("utf-8") if isinstance(value, str) else value
 
 
-def serve_like_tensorflow_serving(export_dir, requests):
-    """Runs `[{"signature", "inputs"}]` in a fresh TF-only process; returns its responses."""
+def serve_like_tensorflow_serving(export_dir, requests, python=sys.executable):
+    """Runs `[{"signature", "inputs"}]` in a fresh TF-only process; returns its responses.
+
+    `python` is the interpreter of the process: this one's, or that of an environment with
+    another release's TensorFlow and TF Text. A request the graph refuses is answered with
+    `{"error": "InvalidArgument", "message"}`; any other failure fails the test.
+    """
     environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    if python != sys.executable:
+        environment["PYTHONPATH"] = ""  # nothing of this environment's packages
     result = subprocess.run(
-        [sys.executable, "-c", SERVING_PROCESS, os.fspath(export_dir)],
+        [python, "-c", SERVING_PROCESS, os.fspath(export_dir)],
         input=json.dumps(requests),
         capture_output=True,
         text=True,
@@ -306,8 +317,9 @@ def test_bad_input_never_fails_and_gives_probabilities(classifier_served):
     long, truncated = classifier_served["long and truncated"]["outputs"]["probabilities"]
     np.testing.assert_allclose(long, truncated, atol=1e-6)
     assert classifier_served["no examples"]["shapes"]["scores"] == [0, 3]
-    (scores,) = classifier_served["example without features"]["outputs"]["scores"]
-    np.testing.assert_allclose(sum(scores), 1.0, atol=1e-5)
+    # An Example without its text is refused, not classified as if the text were empty.
+    refused = classifier_served["example without features"]
+    assert refused["error"] == "InvalidArgument" and "text" in refused["message"]
 
 
 def test_masked_lm_fill_mask_served_as_tensorflow_serving_serves_it(tmp_path):
@@ -418,7 +430,11 @@ def test_export_holds_only_core_and_tensorflow_text_ops(classifier, tmp_path):
     function.node_def.append(node_def_pb2.NodeDef(name="python", op="EagerPyFunc"))
     (forged / "saved_model.pb").write_bytes(saved_model.SerializeToString())
     assert {"Addons>Sparsemax", "EagerPyFunc"} <= serving_ops(forged)
-    with pytest.raises(ValueError, match=r"Serving cannot run it: Addons>Sparsemax, EagerPyFunc$"):
+    with pytest.raises(
+        ValueError,
+        match=r"op Addons>Sparsemax is registered by no supported TensorFlow Serving release; "
+        r"op EagerPyFunc is registered by no",
+    ):
         check_serving_ops(forged)
 
 
@@ -435,14 +451,37 @@ def test_an_export_with_xla_compiled_functions_fails(classifier, tmp_path):
         check_serving_ops(forged)
 
 
-def test_an_export_with_other_ops_fails_and_leaves_nothing(tmp_path, monkeypatch):
-    export_module = sys.modules["kbert.export"]
+def test_an_op_outside_the_target_release_fails_naming_the_first_release_with_it(
+    tmp_path, monkeypatch, capsys
+):
+    import tensorflow_text as tf_text
+
+    from kbert.cli import main
+
+    # TF Text's own trimmer, which kbert replaced with core ops: its op came with TF Text 2.13,
+    # so TF Serving 2.12 to 2.19 (TF Text 2.12.1) cannot run it.
+    tokenizer_module = sys.modules["kbert.tokenizer"]
+    monkeypatch.setattr(
+        tokenizer_module,
+        "truncate_longest_first",
+        lambda segments, max_tokens: tf_text.RoundRobinTrimmer(max_tokens).trim(segments),
+    )
     write_model_dir(tmp_path / "model")
-    # As if TF Text's ops were custom ops that the model server lacks.
-    monkeypatch.setattr(export_module, "tensorflow_text_ops", lambda: set())
-    with pytest.raises(ValueError, match="FastWordpieceTokenizeWithOffsets"):
-        kbert.export(tmp_path / "model", tmp_path / "saved_models" / "model")
-    assert os.listdir(tmp_path / "saved_models" / "model") == []
+    base_dir = tmp_path / "saved_models" / "model"
+    for serving_version in ("2.12", "2.19"):
+        argv = ["export", "--model", str(tmp_path / "model"), "--output", str(base_dir)]
+        assert main(argv + ["--serving-version", serving_version]) == 2
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1
+        assert (
+            f"op TFText>RoundRobinTrim is not registered in TensorFlow Serving {serving_version}; "
+            "the first release that has it is 2.20" in error
+        ), error
+        assert os.listdir(base_dir) == []  # no version, no unfinished export
+    # The release that has it takes the same graph.
+    assert kbert.export(tmp_path / "model", base_dir, serving_version="2.20").endswith("/1")
+    with pytest.raises(ValueError, match=r"serving_version to be a supported.*2\.12, 2\.13"):
+        kbert.export(tmp_path / "model", base_dir, serving_version="2.11")
 
 
 def test_versions_are_consecutive_and_never_overwritten(classifier, capsys):
@@ -495,7 +534,7 @@ kbert.export(sys.argv[1], sys.argv[2])
 
 
 @pytest.mark.parametrize(
-    "step", [pytest.param("_set_method_names", marks=pytest.mark.slow), "_publish"]
+    "step", [pytest.param("_finish_saved_model", marks=pytest.mark.slow), "_publish"]
 )
 def test_an_export_killed_midway_leaves_no_version(classifier, tmp_path, step, capsys):
     base_dir = tmp_path / "saved_models" / "sentiment"

@@ -1,0 +1,253 @@
+"""Hostile requests against every signature of every kind of export.
+
+A child process loads the export as the model server does (TF1 session) and runs each
+request through the TensorFlow C API directly, so that no Python-side feed check stands in
+for the graph's own: like the server, the session only checks dtypes, and the graph must
+check everything else. For each seeded request the child first reports that it starts it;
+if the child dies, the request it started is the one that killed it, and a fresh child
+carries on with the rest. Every request must be answered with finite outputs whose batch
+size is the request's, or refused with InvalidArgument.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import kbert
+from test_export import VOCABULARY, example, write_model_dir
+
+NUM_REQUESTS = 240
+SEED = 20261201
+
+# Generates request `index` of a kind from the seed, runs it, and prints one JSON line
+# before (`start`) and after (`done`). Requests are made in the child so that huge ones
+# never cross a pipe.
+FUZZ_PROCESS = r"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+import tensorflow_text  # noqa: F401
+
+export_dir, kind, seed, first, count, vocabulary_size = sys.argv[1:7]
+first, count, vocabulary_size = int(first), int(count), int(vocabulary_size)
+sys.path.insert(0, sys.argv[7])
+from test_serving_fuzz import make_request
+
+with tf.compat.v1.Session(graph=tf.Graph()) as session:
+    meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], export_dir)
+    graph = session.graph
+    for index in range(first, first + count):
+        signature_name, inputs, batch_size = make_request(kind, int(seed), index, vocabulary_size)
+        signature = meta_graph.signature_def[signature_name]
+        print(json.dumps({"start": index}), flush=True)
+        feeds = {graph.get_tensor_by_name(signature.inputs[name].name)._as_tf_output(): value
+                 for name, value in inputs.items()}
+        names = sorted(signature.outputs)
+        fetches = [graph.get_tensor_by_name(signature.outputs[name].name)._as_tf_output() for name in names]
+        result = {"done": index, "signature": signature_name, "batch_size": batch_size}
+        try:
+            outputs = session._call_tf_sessionrun(None, feeds, fetches, [], None)
+        except tf.errors.InvalidArgumentError as error:
+            result["status"] = "InvalidArgument"
+            result["message"] = error.message.splitlines()[0][:200]
+        except UnicodeDecodeError:
+            # ParseExample quotes the bytes it could not parse in its InvalidArgument
+            # message, which Python then fails to decode: the code is lost, not the refusal.
+            result["status"] = "InvalidArgument"
+            result["message"] = "(a message that is not UTF-8)"
+        except Exception as error:
+            result["status"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+        else:
+            result["status"] = "answered"
+            result["rows"] = {name: (list(value.shape)[:1] or [None])[0] for name, value in zip(names, outputs)}
+            result["finite"] = all(bool(np.isfinite(value).all()) for value in outputs if value.dtype.kind == "f")
+        print(json.dumps(result), flush=True)
+"""
+
+HOSTILE_TEXTS = [
+    b"",
+    b" \t\n",
+    b"the cat sat on the mat",
+    ("the cat sat on the mat " * 4348)[:100_000].encode(),
+    b"good \xff\xfe film \xc3\x28 \xed\xa0\x80 end \xe2\x82",
+    b"the\x00cat\x00\x00",
+    "good 👍🏽 film 🎬".encode(),
+    "中文字符测试".encode(),
+    b"[MASK]",
+    b"[MASK] " * 400,
+    b"[MA[MASK]SK] [mask] [MASK",
+    bytes(range(256)),
+]
+
+
+def _random_text(rng):
+    if rng.random() < 0.7:
+        return HOSTILE_TEXTS[rng.integers(len(HOSTILE_TEXTS))]
+    return rng.bytes(int(rng.integers(0, 64)))
+
+
+def _texts(rng, batch_size):
+    return np.array([_random_text(rng) for _ in range(batch_size)], dtype=object)
+
+
+def _batch_size(rng):
+    return int(rng.choice([0, 1, 1, 2, 3, 8, 17, 64, 300]))
+
+
+def _wrong_value(rng, batch_size):
+    """A value of the wrong dtype or rank for a string [batch] or int32 [batch, seq] input."""
+    choice = rng.integers(6)
+    if choice == 0:
+        return rng.integers(-5, 5, size=(batch_size,)).astype(np.int32)
+    if choice == 1:
+        return rng.normal(size=(batch_size, 3)).astype(np.float32)
+    if choice == 2:
+        return np.array(b"a scalar", dtype=object)
+    if choice == 3:
+        return np.array([[b"a", b"b"]] * batch_size, dtype=object).reshape(batch_size, 2)
+    if choice == 4:
+        return rng.integers(0, 5, size=(batch_size, 2, 2)).astype(np.int32)
+    return rng.integers(0, 5, size=(batch_size,)).astype(np.int64)
+
+
+def _token_ids_request(rng, vocabulary_size):
+    batch_size = _batch_size(rng)
+    length = int(rng.choice([0, 1, 2, 5, 16, 33, 600]))
+    shape = (batch_size, length)
+    inputs = {
+        "token_ids": rng.integers(0, vocabulary_size, size=shape).astype(np.int32),
+        "segment_ids": rng.integers(0, 2, size=shape).astype(np.int32),
+        "padding_mask": rng.integers(0, 2, size=shape).astype(np.int32),
+    }
+    name = rng.choice(sorted(inputs))
+    fault = rng.integers(8)
+    if fault == 1:
+        inputs[name] = inputs[name] - int(rng.integers(1, 2**31 - 1))  # negative
+    elif fault == 2:
+        inputs[name] = inputs[name] + int(rng.choice([2, vocabulary_size, 2**30]))  # too large
+    elif fault == 3:
+        inputs[name] = rng.integers(0, 2, size=(batch_size + 1, length)).astype(np.int32)
+    elif fault == 4:
+        inputs[name] = rng.integers(0, 2, size=(batch_size, length + 1)).astype(np.int32)
+    elif fault == 5:
+        inputs[name] = _wrong_value(rng, batch_size)
+    return inputs, batch_size
+
+
+def _example_request(rng, text_pair):
+    batch_size = _batch_size(rng)
+    serialized = []
+    for _ in range(batch_size):
+        fault = rng.integers(7)
+        features = {"text": _random_text(rng)}
+        if text_pair:
+            features["text_pair"] = _random_text(rng)
+        if fault == 1:
+            serialized.append(example())  # no features at all
+        elif fault == 2:
+            serialized.append(example(other=b"text elsewhere"))
+        elif fault == 3:
+            serialized.append(rng.bytes(int(rng.integers(1, 40))))  # not an Example
+        elif fault == 4:
+            serialized.append(b"")
+        else:
+            serialized.append(example(**features))
+    inputs = {"inputs": np.array(serialized, dtype=object)}
+    if rng.random() < 0.1:
+        inputs["inputs"] = _wrong_value(rng, batch_size)
+    return inputs, batch_size
+
+
+def make_request(kind, seed, index, vocabulary_size):
+    """Request `index` of a kind: `(signature name, {input: array}, batch size)`."""
+    rng = np.random.default_rng([seed, index, sum(map(ord, kind))])
+    signatures = {
+        "masked LM": ["fill_mask", "serving_default"],
+    }.get(kind, ["serving_default", "serve_token_ids", "serve_examples"])
+    signature = signatures[index % len(signatures)]
+    if signature == "serve_token_ids":
+        inputs, batch_size = _token_ids_request(rng, vocabulary_size)
+    elif signature == "serve_examples":
+        inputs, batch_size = _example_request(rng, kind == "pair classifier")
+    else:
+        batch_size = _batch_size(rng)
+        inputs = {"text": _texts(rng, batch_size)}
+        if kind == "pair classifier":
+            pair_size = batch_size if rng.random() < 0.6 else int(rng.choice([0, 1, batch_size + 1, 64]))
+            inputs["text_pair"] = _texts(rng, pair_size)
+        if rng.random() < 0.1:
+            inputs["text"] = _wrong_value(rng, batch_size)
+    return signature, inputs, batch_size
+
+
+def fuzz(export_dir, kind):
+    """Runs every request in child processes; returns (results by index, crashes)."""
+    results, crashes, first = {}, {}, 0
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    while first < NUM_REQUESTS:
+        child = subprocess.run(
+            [sys.executable, "-c", FUZZ_PROCESS, os.fspath(export_dir), kind, str(SEED),
+             str(first), str(NUM_REQUESTS - first), str(len(VOCABULARY)), tests_dir],
+            capture_output=True,
+            text=True,
+            env=environment,
+        )
+        started = None
+        for line in child.stdout.splitlines():
+            if not line.startswith("{"):
+                continue
+            record = json.loads(line)
+            if "start" in record:
+                started = record["start"]
+            else:
+                results[record["done"]] = record
+                started = None
+        if child.returncode == 0 and started is None:
+            break
+        if started is None:  # died before its first request: the export itself fails
+            raise AssertionError(f"the serving process failed to start: {child.stderr[-3000:]}")
+        crashes[started] = (child.returncode, child.stderr.strip().splitlines()[-1:])
+        first = started + 1
+    return results, crashes
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fuzz")
+    kinds = {
+        "classifier": dict(kind="classifier"),
+        "pair classifier": dict(kind="classifier", text_pair=True, num_classes=2, seed=1),
+        "regression": dict(kind="classifier", num_classes=1, seed=3),
+        "masked LM": dict(kind="masked_lm", seed=2),
+    }
+    exported = {}
+    for name, options in kinds.items():
+        model_dir = root / name.replace(" ", "_")
+        write_model_dir(model_dir, **options)
+        exported[name] = kbert.export(model_dir, root / "saved_models" / model_dir.name)
+    return exported
+
+
+@pytest.mark.parametrize("kind", ["classifier", "pair classifier", "regression", "masked LM"])
+def test_hostile_requests_are_answered_or_refused_and_never_crash(exports, kind):
+    results, crashes = fuzz(exports[kind], kind)
+    assert not crashes, {
+        index: (code, make_request(kind, SEED, index, len(VOCABULARY))[0], last_line)
+        for index, (code, last_line) in crashes.items()
+    }
+    assert sorted(results) == list(range(NUM_REQUESTS))
+    statuses = {result["status"] for result in results.values()}
+    assert statuses <= {"answered", "InvalidArgument"}, [
+        result for result in results.values() if result["status"] not in ("answered", "InvalidArgument")
+    ][:5]
+    # Both outcomes occur, so the set probes the checks and the answers alike.
+    assert statuses == {"answered", "InvalidArgument"}
+    for result in results.values():
+        if result["status"] == "answered":
+            assert result["finite"], result
+            assert set(result["rows"].values()) == {result["batch_size"]}, result

@@ -1,0 +1,261 @@
+"""kbert's exports under the op registries of real TensorFlow Serving releases.
+
+The model server links its own TensorFlow and TF Text (TF Serving 2.12 to 2.19 link TF Text
+2.12.1, 2.20 links 2.20.0). For each release whose pinned `tensorflow-cpu` and
+`tensorflow-text` wheels install together, a virtual environment with exactly those wheels
+(`tools/serving_runtimes.py`, cached under ~/.cache/kbert/serving-runtimes) loads every kind
+of export in a fresh process with the TF1 session API, as the server does, and runs every
+signature by its SignatureDef tensor names. Its answers must equal the Keras model's; the
+warm-up requests written into each export must replay there.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import kbert
+from kbert import serving_releases
+from test_export import (
+    BAD_TEXTS,
+    LABEL_NAMES,
+    ORDINARY_TEXTS,
+    _bytes,
+    example,
+    reference_inputs,
+    serve_like_tensorflow_serving,
+    strings,
+    write_model_dir,
+)
+
+pytestmark = pytest.mark.slow
+
+RUNTIMES = [name for name, release in serving_releases.RELEASES.items() if release.runs_tensorflow_text_wheel]
+TEXTS = ORDINARY_TEXTS + list(BAD_TEXTS.values())
+TEXT_PAIRS = ["on the mat", "not a bad movie", "", b"\xff\xfe", "cat " * 40, "中文 film"]
+TEXT_PAIRS = (TEXT_PAIRS * 3)[: len(TEXTS)]
+MASKED_TEXTS = [
+    "the [MASK] sat on the [MASK] .",
+    "[MASK]",
+    "no mask here",
+    "",
+    "UN[MASK]good [MASK]" + " cat" * 30 + " [MASK]",
+    b"\xff[MASK]\x00",
+]
+
+# Replays a version's warm-up file as TF Serving does on load: every logged request through
+# the session, by the signature it names. Prints one line per request.
+WARMUP_REPLAY = r"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+import tensorflow_text  # noqa: F401
+from tensorflow_serving.apis import prediction_log_pb2
+
+export_dir = sys.argv[1]
+path = f"{export_dir}/assets.extra/tf_serving_warmup_requests"
+results = []
+with tf.compat.v1.Session(graph=tf.Graph()) as session:
+    meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], export_dir)
+    for record in tf.compat.v1.io.tf_record_iterator(path):
+        log = prediction_log_pb2.PredictionLog.FromString(record)
+        kind = log.WhichOneof("log_type")
+        request = getattr(log, kind).request
+        signature = meta_graph.signature_def[request.model_spec.signature_name]
+        if kind == "predict_log":
+            feeds = {signature.inputs[name].name: tf.make_ndarray(tensor) for name, tensor in request.inputs.items()}
+            batch_size = len(next(iter(feeds.values())))
+        else:
+            examples = [example.SerializeToString() for example in request.input.example_list.examples]
+            (input_info,) = signature.inputs.values()
+            feeds = {input_info.name: np.array(examples, dtype=object)}
+            batch_size = len(examples)
+        outputs = session.run({name: info.name for name, info in signature.outputs.items()}, feeds)
+        finite = all(np.isfinite(value).all() for value in outputs.values() if value.dtype.kind == "f")
+        rows = {name: int(value.shape[0]) for name, value in outputs.items()}
+        results.append({"kind": kind, "signature": request.model_spec.signature_name,
+                        "batch_size": batch_size, "rows": rows, "finite": bool(finite),
+                        "tensorflow": tf.__version__})
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="session", params=RUNTIMES, ids=[f"tf-serving-{name}" for name in RUNTIMES])
+def runtime(request):
+    """`(release name, python of its environment)`, the environment built once and cached."""
+    from tools.serving_runtimes import ensure_environment
+
+    if sys.version_info >= (3, 12) and request.param == "2.12":
+        pytest.skip("tensorflow-cpu 2.12 has wheels for Python 3.8 to 3.11 only")
+    return request.param, ensure_environment(request.param)
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """Every kind of model kbert exports, exported once, with the Keras model's answers."""
+    root = tmp_path_factory.mktemp("runtimes")
+    kinds = {
+        "classifier": dict(kind="classifier"),
+        "pair classifier": dict(kind="classifier", text_pair=True, num_classes=2, seed=1),
+        "regression": dict(kind="classifier", num_classes=1, seed=3),
+        "masked LM": dict(kind="masked_lm", seed=2),
+    }
+    exported = {}
+    for name, options in kinds.items():
+        model_dir = root / name.replace(" ", "_")
+        model = write_model_dir(model_dir, **options)
+        export_dir = kbert.export(model_dir, root / "saved_models" / model_dir.name, top_k=3)
+        exported[name] = {"model": model, "model_dir": model_dir, "export": export_dir}
+    return exported
+
+
+def keras_outputs(exported, texts, text_pairs=None):
+    inputs = reference_inputs(exported["model_dir"], texts, text_pairs)
+    logits = np.asarray(exported["model"].predict(inputs, verbose=0), dtype=np.float64)
+    return inputs, logits
+
+
+def softmax(logits):
+    probabilities = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return probabilities / probabilities.sum(axis=-1, keepdims=True)
+
+
+def bad_requests(input_names):
+    """Empty, huge, invalid-UTF-8 texts and batches of 0 and 1,024, for every text input."""
+    batches = {
+        "empty": [b""],
+        "huge": [("the cat sat on the mat " * 4348)[:100_000].encode()],
+        "invalid UTF-8": [BAD_TEXTS["invalid UTF-8"]],
+        "batch of 0": [],
+        "batch of 1,024": [TEXTS[index % len(TEXTS)] for index in range(1024)],
+    }
+    return {
+        name: {input_name: strings(texts) for input_name in input_names}
+        for name, texts in batches.items()
+    }
+
+
+def assert_finite_answers(responses, expected_rows):
+    for (name, response), rows in zip(responses.items(), expected_rows):
+        assert "error" not in response, (name, response)
+        for output, shape in response["shapes"].items():
+            assert shape[0] == rows, (name, output, shape)
+            values = np.array(response["outputs"][output])
+            if values.dtype.kind == "f":
+                assert np.isfinite(values).all(), (name, output)
+
+
+@pytest.mark.parametrize("kind", ["classifier", "pair classifier", "regression"])
+def test_classifiers_serve_in_the_release_runtime_as_in_keras(runtime, exports, kind):
+    release, python = runtime
+    exported = exports[kind]
+    text_pairs = TEXT_PAIRS if kind == "pair classifier" else None
+    inputs, logits = keras_outputs(exported, TEXTS, text_pairs)
+    text_inputs = {"text": strings(TEXTS)}
+    features = {"text": TEXTS}
+    if text_pairs is not None:
+        text_inputs["text_pair"] = strings(text_pairs)
+        features["text_pair"] = text_pairs
+    examples = [example(**dict(zip(features, values))) for values in zip(*features.values())]
+    requests = {
+        "text": ("serving_default", text_inputs),
+        "token ids": ("serve_token_ids", {name: value.tolist() for name, value in inputs.items()}),
+        "examples": ("serve_examples", {"inputs": strings(examples)}),
+    }
+    bad = bad_requests(list(text_inputs))
+    for name, request_inputs in bad.items():
+        requests[name] = ("serving_default", request_inputs)
+    responses = serve_like_tensorflow_serving(
+        exported["export"],
+        [{"signature": signature, "inputs": values} for signature, values in requests.values()],
+        python=python,
+    )
+    responses = dict(zip(requests, responses))
+
+    if kind == "regression":
+        for name in ("text", "token ids"):
+            np.testing.assert_allclose(responses[name]["outputs"]["score"], logits[:, 0], atol=1e-5)
+        np.testing.assert_allclose(responses["examples"]["outputs"]["outputs"], logits[:, 0], atol=1e-5)
+        assert responses["examples"]["method_name"] == "tensorflow/serving/regress"
+    else:
+        probabilities = softmax(logits)
+        label_names = LABEL_NAMES[: probabilities.shape[1]]
+        for name in ("text", "token ids"):
+            np.testing.assert_allclose(
+                responses[name]["outputs"]["probabilities"], probabilities, atol=1e-5
+            )
+            assert responses[name]["outputs"]["label"] == [
+                label_names[index] for index in probabilities.argmax(axis=-1)
+            ]
+        np.testing.assert_allclose(responses["examples"]["outputs"]["scores"], probabilities, atol=1e-5)
+        assert responses["examples"]["method_name"] == "tensorflow/serving/classify"
+    assert_finite_answers({name: responses[name] for name in bad}, [1, 1, 1, 0, 1024])
+
+
+def test_masked_lm_serves_in_the_release_runtime_as_in_keras(runtime, exports):
+    from kbert.commands.predict import _KerasPredictor
+
+    release, python = runtime
+    exported = exports["masked LM"]
+    expected = _KerasPredictor(exported["model_dir"], top_k=3).predict([_bytes(t) for t in MASKED_TEXTS])
+    requests = {
+        "fill_mask": ("fill_mask", {"text": strings(MASKED_TEXTS)}),
+        "serving_default": ("serving_default", {"text": strings(MASKED_TEXTS)}),
+    }
+    bad = bad_requests(["text"])
+    for name, request_inputs in bad.items():
+        requests[name] = ("fill_mask", request_inputs)
+    responses = dict(
+        zip(
+            requests,
+            serve_like_tensorflow_serving(
+                exported["export"],
+                [{"signature": signature, "inputs": values} for signature, values in requests.values()],
+                python=python,
+            ),
+        )
+    )
+    for name in ("fill_mask", "serving_default"):
+        outputs = responses[name]["outputs"]
+        for index, row in enumerate(expected):
+            kept = [slot for slot, position in enumerate(outputs["mask_positions"][index]) if position >= 0]
+            assert [outputs["mask_positions"][index][slot] for slot in kept] == row["mask_positions"]
+            assert [outputs["tokens"][index][slot] for slot in kept] == row["tokens"]
+            np.testing.assert_allclose(
+                np.reshape([outputs["scores"][index][slot] for slot in kept], (-1, 3)),
+                np.reshape(row["scores"], (-1, 3)),
+                atol=1e-5,
+            )
+    assert_finite_answers({name: responses[name] for name in bad}, [1, 1, 1, 0, 1024])
+
+
+@pytest.mark.parametrize("kind", ["classifier", "pair classifier", "regression", "masked LM"])
+def test_warmup_requests_replay_in_the_release_runtime(runtime, exports, kind):
+    release, python = runtime
+    export_dir = exports[kind]["export"]
+    result = subprocess.run(
+        [python, "-c", WARMUP_REPLAY, os.fspath(export_dir)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=""),
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    replayed = json.loads(result.stdout.strip().splitlines()[-1])
+    expected_tensorflow = serving_releases.RELEASES[release].tensorflow
+    assert {entry["tensorflow"] for entry in replayed} == {expected_tensorflow}
+    signatures = {entry["signature"] for entry in replayed}
+    with open(os.path.join(export_dir, "assets.extra", "kbert_export.json"), encoding="utf-8") as file:
+        info = json.load(file)
+    assert signatures == set(info["signatures"])
+    assert len(replayed) == info["warmup_requests"]
+    for entry in replayed:
+        assert entry["finite"], entry
+        assert set(entry["rows"].values()) == {entry["batch_size"]}, entry
+    kinds = {entry["kind"] for entry in replayed}
+    if kind == "regression":
+        assert "regress_log" in kinds
+    elif kind != "masked LM":
+        assert "classify_log" in kinds
