@@ -61,6 +61,18 @@ def test_local_files_are_prepared_once_and_reused(tmp_path, monkeypatch):
     assert len(os.listdir(os.path.join(data_dir, "text_corpus"))) == 2
 
 
+def test_an_edit_that_keeps_size_and_mtime_is_read(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    _write(corpus, "first text\n")
+    data_dir = str(tmp_path / "tfds")
+    assert list(load_documents(str(corpus), data_dir=data_dir).as_numpy_iterator()) == [b"first text"]
+    stat = os.stat(corpus)
+    _write(corpus, "other text\n")
+    os.utime(corpus, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert os.stat(corpus).st_size == stat.st_size
+    assert list(load_documents(str(corpus), data_dir=data_dir).as_numpy_iterator()) == [b"other text"]
+
+
 def test_several_text_files_and_splits(tmp_path):
     first = _write(tmp_path / "a.txt", "alpha\n")
     second = _write(tmp_path / "b.txt", "beta\n\ngamma\n")

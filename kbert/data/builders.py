@@ -2,9 +2,9 @@
 
 Local text enters kbert the way every other dataset does, through TFDS: each builder reads the
 files once, checks them, and writes a TFDS dataset into `data_dir`; later runs find it there and
-read nothing else. A configuration is named after the files' paths, sizes and modification times
-and the reading options, so an edited file or a different column choice prepares a new dataset
-rather than reusing a stale one.
+read nothing else. A configuration is named after the files' paths and contents and the reading
+options, so an edited file or a different column choice prepares a new dataset rather than
+reusing a stale one.
 
 - `TextCorpus`: plain-text corpora for pretraining, one example per document.
 - `DelimitedFile`: TSV/CSV classification files, one example per row.
@@ -37,10 +37,19 @@ _HEADING = re.compile(r"^\s*=(?:\s*=)*\s+(.*?)\s+=(?:\s*=)*\s*$")
 
 
 def _file_signature(path):
+    """The file's path and a digest of its bytes.
+
+    Size and modification time can stay the same across an edit (a restored mtime, a copy that
+    keeps it), so the contents decide. BLAKE2b hashes far faster than the file can be parsed
+    and written out as TFRecords, which every new preparation does anyway.
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"File not found: {path}")
-    stat = os.stat(path)
-    return [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return [os.path.abspath(path), digest.hexdigest()]
 
 
 def _config_name(prefix, files, options):
