@@ -166,6 +166,31 @@ def test_integer_labels_sort_numerically_and_regression_reads_floats(tmp_path):
             b"text\tlabel\ngood\t1\n",
             r"header\.tsv, line 1: no column named 'sentence' in the header",
         ),
+        (
+            "unclosed.csv",
+            b'sentence,label\ngood,1\n"never closed,0\nbad,0\n"worse",1\n',
+            r"unclosed\.csv, line 3: unbalanced quote",
+        ),
+        (
+            "unclosed_at_end.csv",
+            b'sentence,label\ngood,1\nbad,"0\n',
+            r"unclosed_at_end\.csv, line 3: unbalanced quote",
+        ),
+        (
+            "after_quote.csv",
+            b'sentence,label\ngood,1\n"quoted" and more,0\n',
+            r"after_quote\.csv, line 3: ',' expected after '\"'",
+        ),
+        (
+            "line_break.csv",
+            b'sentence,label\n"two\nlines",1\n',
+            r"line_break\.csv, line 2: unbalanced quote",
+        ),
+        (
+            "duplicate.tsv",
+            b"sentence\tlabel\tsentence\ngood\t1\tbad\n",
+            r"duplicate\.tsv, line 1: the header names 2 columns 'sentence' \(0-based indexes 0, 2\)",
+        ),
     ],
 )
 def test_bad_delimited_files_name_file_and_line(tmp_path, name, content, message):
@@ -188,6 +213,29 @@ def test_bad_text_files_name_file_and_line(tmp_path, name, content, message):
     path = _write(tmp_path / name, content)
     with pytest.raises(ValueError, match=message):
         load_documents(path, data_dir=str(tmp_path / "tfds"))
+
+
+def test_an_unbalanced_quote_stops_label_inference_too(tmp_path):
+    rows = [f"text number {index},{index % 2}" for index in range(100)]
+    rows[40] = '"the action is stilted,0'
+    path = _write(tmp_path / "reviews.csv", "text,label\n" + "\n".join(rows) + '\n"last",1\n')
+    with pytest.raises(ValueError, match=r"reviews\.csv, line 42: unbalanced quote"):
+        load_labeled_texts(path, data_dir=str(tmp_path / "tfds"))
+
+
+def test_an_integer_label_is_a_name_where_the_names_are_integers(tmp_path):
+    path = _write(tmp_path / "dev.tsv", "text\tlabel\na\t3\nb\t0\nc\t2\n")
+    with pytest.raises(ValueError, match=r"dev\.tsv, line 4: unknown label '2'; expected one of: 0, 1, 3$"):
+        load_labeled_texts(path, label_names=["0", "1", "3"], data_dir=str(tmp_path / "tfds"))
+    # Names that are not integers are still indexed by integer labels, as GLUE's are.
+    data = load_labeled_texts(path, label_names=["a", "b", "c", "d"], data_dir=str(tmp_path / "tfds"))
+    assert [example["label"] for example in _examples(data)] == [3, 0, 2]
+
+
+def test_line_endings_mixed_in_one_file(tmp_path):
+    path = _write(tmp_path / "mixed.csv", 'sentence,label\r\ngood,1\rbad,0\n"a, b",1\r\n\r\nlast,0')
+    data = load_labeled_texts(path, data_dir=str(tmp_path / "tfds"))
+    assert [example["text"] for example in _examples(data)] == ["good", "bad", "a, b", "last"]
 
 
 def test_missing_files_are_named(tmp_path):
