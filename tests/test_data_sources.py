@@ -1,11 +1,17 @@
 """Data sources: kbert's TFDS builders for local files, named TFDS datasets, the GLUE table."""
 
+import json
 import logging
 import os
+import subprocess
+import sys
+import textwrap
+import time
 
 import pytest
 import tensorflow as tf
 
+from conftest import PROJECT_ROOT
 from kbert.data import GLUE_TASKS, glue_task, load_documents, load_labeled_texts
 
 
@@ -262,6 +268,70 @@ def test_skipped_rows_are_counted_and_reported(tmp_path, caplog):
 
 
 # === GLUE ===
+
+
+# Each process waits at a barrier of files before every round, so that both start preparing
+# the same new file together.
+_PREPARE_IN_ROUNDS = textwrap.dedent(
+    """
+    import json, os, sys, time
+    from kbert.data import load_labeled_texts
+
+    directory, name, num_rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    for round_index in range(num_rounds):
+        barrier = os.path.join(directory, f"barrier{round_index}")
+        os.makedirs(barrier, exist_ok=True)
+        open(os.path.join(barrier, name), "w").close()
+        while len(os.listdir(barrier)) < 2:
+            time.sleep(0.001)
+        data = load_labeled_texts(
+            os.path.join(directory, f"round{round_index}.tsv"),
+            data_dir=os.path.join(directory, "tfds"),
+        )
+        texts = [example["text"].decode() for example in data.dataset.as_numpy_iterator()]
+        print("texts:", json.dumps(texts), flush=True)
+    """
+)
+
+
+def test_two_processes_preparing_the_same_new_file(tmp_path):
+    num_rounds = 4
+    expected = []
+    for round_index in range(num_rounds):
+        texts = [f"round {round_index} row {index}" for index in range(2000)]
+        rows = "".join(f"{text}\t{index % 2}\n" for index, text in enumerate(texts))
+        _write(tmp_path / f"round{round_index}.tsv", "text\tlabel\n" + rows)
+        expected.append(texts)
+    environment = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
+    processes = []
+    for name in ("first", "second"):
+        # Output goes to files: a process blocked on a full pipe would hold the other at the
+        # barrier.
+        with open(tmp_path / f"{name}.out", "w") as out, open(tmp_path / f"{name}.err", "w") as err:
+            command = [sys.executable, "-c", _PREPARE_IN_ROUNDS, str(tmp_path), name, str(num_rounds)]
+            processes.append(subprocess.Popen(command, stdout=out, stderr=err, env=environment))
+    # A process that fails leaves the other waiting at the next barrier: stop it then.
+    deadline = time.monotonic() + 300
+    while any(process.poll() is None for process in processes) and time.monotonic() < deadline:
+        if any(process.poll() for process in processes):
+            break
+        time.sleep(0.1)
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    errors = {
+        name: (tmp_path / f"{name}.err").read_text().strip().splitlines()[-1:]
+        for name, process in zip(("first", "second"), processes)
+        if process.returncode != 0
+    }
+    assert not errors
+    for name in ("first", "second"):
+        lines = (tmp_path / f"{name}.out").read_text().splitlines()
+        lines = [line.removeprefix("texts: ") for line in lines if line.startswith("texts: ")]
+        assert [json.loads(line) for line in lines] == expected
+    # One dataset per file, prepared once.
+    assert len(list((tmp_path / "tfds").glob("delimited_file/*/1.0.0"))) == num_rounds
 
 
 def test_glue_table_covers_every_task():
