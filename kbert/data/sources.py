@@ -240,8 +240,8 @@ def load_labeled_texts(
             feature names). Defaults to `sentence1, sentence2`, `sentence` or `text`, whichever the
             data has.
         label_column: the label column or feature; defaults to `label`.
-        label_names: class names in id order. Labels in a file may be these names or integer
-            indexes into them. Read from the file(s) where not given (sorted, numerically where
+        label_names: class names in id order. Labels in a file may be these names or, where
+            no name is an integer, integer indexes into them. Read from the file(s) where not given (sorted, numerically where
             all are integers), and from the dataset for TFDS.
         regression: labels are numbers (for one output), not classes.
         header: whether a file's first line names its columns; defaults to True unless every
