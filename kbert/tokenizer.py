@@ -428,4 +428,13 @@ def train_vocabulary(
         include_joiner_token=True,
         joiner=SUFFIX_INDICATOR,
     )
+    # The learner keeps every character of the text, alone and as a suffix, so that any word
+    # can be tokenized; a size below that cannot be met, and a larger file than asked for would
+    # be a surprise.
+    if len(vocabulary) > vocabulary_size:
+        raise ValueError(
+            f"Expected vocabulary_size to be at least {len(vocabulary)} for this text: the special "
+            "tokens and every character it holds, alone and as a ## suffix. "
+            f"Received: vocabulary_size={vocabulary_size}"
+        )
     return list(vocabulary)

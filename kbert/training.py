@@ -329,6 +329,10 @@ def make_optimizer(
             "Expected --gradient-accumulation-steps to be a positive integer. "
             f"Received: {gradient_accumulation_steps!r}"
         )
+    if isinstance(learning_rate, (int, float)) and not learning_rate > 0:
+        raise ValueError(
+            f"Expected learning_rate to be positive. Received: learning_rate={learning_rate!r}"
+        )
     if clipnorm is not None and global_clipnorm is not None:
         raise ValueError("Expected only one of --clipnorm and --global-clipnorm to be set.")
     schedule = make_learning_rate_schedule(

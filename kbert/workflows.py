@@ -82,8 +82,8 @@ def pretrain(
     from kbert.masked_lm import BertMaskedLM
     from kbert.tokenizer import BertTokenizer
 
-    _check_positive("--steps", num_train_steps)
-    _check_positive("--batch-size", batch_size)
+    _check_positive("num_train_steps", num_train_steps)
+    _check_positive("batch_size", batch_size)
     tokenizer = BertTokenizer(vocabulary, lowercase=lowercase, strip_accents=strip_accents)
     training.set_precision(precision)
     distribution = distribution_lib.make_distribution(strategy, **(distribution_options or {}))
@@ -239,8 +239,9 @@ def finetune(
     from kbert.data.sources import is_local
     from kbert.tokenizer import BertPreprocessor, BertTokenizer
 
-    _check_positive("--epochs", epochs)
-    _check_positive("--batch-size", batch_size)
+    _check_positive("epochs", epochs)
+    _check_positive("batch_size", batch_size)
+    _check_positive("sequence_length", sequence_length)
     model_dir.read_config(init)  # a bad --init stops here, before the data is read
     source_options = dict(
         task=task,
@@ -267,7 +268,12 @@ def finetune(
     tokenizer = BertTokenizer.from_model_dir(init)
     with distribution.scope():
         backbone = _load_backbone(init, dropout)
-        sequence_length = min(sequence_length, backbone.max_sequence_length)
+        if sequence_length > backbone.max_sequence_length:
+            raise ValueError(
+                f"Expected sequence_length to be at most {backbone.max_sequence_length}, the "
+                f"longest the model in {init} takes (its max_sequence_length). "
+                f"Received: sequence_length={sequence_length}"
+            )
         model = BertClassifier(backbone, num_classes=num_classes, dropout=dropout)
         _refuse_other_model(output_dir, model)
         preprocessor = BertPreprocessor(tokenizer, sequence_length=sequence_length)
@@ -384,6 +390,10 @@ def evaluate(
     from kbert.data import classification_dataset, pretraining_dataset
     from kbert.tokenizer import BertPreprocessor, BertTokenizer
 
+    _check_positive("batch_size", batch_size)
+    if steps is not None:
+        # None means every batch; 0 would score nothing.
+        _check_positive("steps", steps)
     config = model_dir.read_config(directory)
     saved_task = config.get("task") or {}
     model = model_dir.load(directory)
@@ -401,7 +411,7 @@ def evaluate(
             sequence_length=sequence_length, shuffle=False,
             seed=1234, num_predictions=model.input["mask_positions"].shape[1], cache=False,
         )
-        if steps:
+        if steps is not None:
             dataset = dataset.take(steps)
         _compile(model)
         with _without_misleading_warnings():
@@ -425,7 +435,7 @@ def evaluate(
         data, preprocessor, batch_size, split=split or "validation", shuffle=False,
         **source_options
     )
-    if steps:
+    if steps is not None:
         dataset = dataset.take(steps)
     _compile(model, metric=saved_task.get("metric", "accuracy"))
     with _without_misleading_warnings():
@@ -608,9 +618,9 @@ def _most_frequent_target_share(dataset):
     return float(max(counts.values()) / total) if total else float(np.nan)
 
 
-def _check_positive(flag, value):
-    if not isinstance(value, int) or value < 1:
-        raise ValueError(f"Expected {flag} to be a positive integer. Received: {value!r}")
+def _check_positive(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"Expected {name} to be a positive integer. Received: {name}={value!r}")
 
 
 def _describe(source):

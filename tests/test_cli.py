@@ -225,6 +225,69 @@ def test_vocabulary_size_too_small(files, tmp_path, capsys):
     assert_one_line_error(code, err, "--vocabulary-size", "got 3")
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["evaluate", "--batch-size", "0"], "argument --batch-size: expected a positive integer, got 0"),
+        (["evaluate", "--steps", "0"], "argument --steps: expected a positive integer, got 0"),
+        (["evaluate", "--steps", "-3"], "argument --steps: expected a positive integer, got -3"),
+        (["pretrain", "--num-predictions", "0"], "argument --num-predictions: expected a positive integer"),
+        (["pretrain", "--learning-rate=-1e-4"], "argument --learning-rate: expected a positive number"),
+        (["pretrain", "--learning-rate", "0"], "argument --learning-rate: expected a positive number"),
+        (["finetune", "--epochs", "0"], "argument --epochs: expected a positive integer, got 0"),
+        (["finetune", "--sequence-length", "-1"], "argument --sequence-length: expected a positive integer"),
+    ],
+)
+def test_sizes_counts_and_rates_below_one_are_refused_with_the_flag(files, tmp_path, capsys, argv, message):
+    required = {
+        "evaluate": ["--model", tmp_path, "--data", files / "dev.tsv"],
+        "pretrain": ["--input", files / "corpus.txt", "--vocab", files / "vocab.txt", "--steps", "2",
+                     "--output", tmp_path / "out"],
+        "finetune": ["--train", files / "train.tsv", "--init", tmp_path, "--output", tmp_path / "out"],
+    }[argv[0]]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([str(arg) for arg in argv + required])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"kbert {argv[0]}: error: {message}" in err
+
+
+def test_library_jobs_name_the_parameter(files, pretrained, tmp_path):
+    from kbert import workflows
+
+    with pytest.raises(ValueError, match=r"Expected batch_size to be a positive integer\. Received: batch_size=0"):
+        workflows.evaluate(pretrained, str(files / "heldout.txt"), batch_size=0)
+    with pytest.raises(ValueError, match=r"Expected steps to be a positive integer\. Received: steps=0"):
+        workflows.evaluate(pretrained, str(files / "heldout.txt"), steps=0)
+
+
+def test_finetune_refuses_a_sequence_longer_than_the_model_takes(files, pretrained, tmp_path, capsys):
+    code, _, err = run_kbert(
+        capsys, "finetune", "--train", files / "train.tsv", "--init", pretrained,
+        "--output", tmp_path / "out", "--data-dir", files / "tfds", "--sequence-length", "600",
+    )
+    assert_one_line_error(code, err, "Expected sequence_length to be at most 512", "sequence_length=600")
+    assert not (tmp_path / "out").exists()
+
+
+def test_vocabulary_size_below_the_alphabet(files, tmp_path, capsys):
+    output = tmp_path / "vocab.txt"
+    code, _, err = run_kbert(
+        capsys, "vocab", files / "corpus.txt", "--vocab-size", "6", "--output", output,
+        "--data-dir", tmp_path / "tfds",
+    )
+    assert_one_line_error(code, err, "Expected vocabulary_size to be at least", "vocabulary_size=6")
+    assert not output.exists()
+    # The size it names is enough.
+    needed = int(err.split("at least ")[1].split()[0])
+    code, out, err = run_kbert(
+        capsys, "vocab", files / "corpus.txt", "--vocab-size", needed, "--output", output,
+        "--data-dir", tmp_path / "tfds",
+    )
+    assert code == 0, err
+    assert len(output.read_text(encoding="utf-8").splitlines()) == needed
+
+
 def test_output_directory_holding_a_different_model(files, pretrained, capsys):
     code, _, err = run_kbert(
         capsys, "finetune", "--train", files / "train.tsv", "--validation", files / "dev.tsv",

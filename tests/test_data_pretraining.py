@@ -229,6 +229,18 @@ def test_mask_generator_on_a_hand_made_batch():
     assert all(0 not in o and 6 not in o and 7 not in o for o in outcomes)
 
 
+@pytest.mark.parametrize("num_predictions", [0, -1, 2.5])
+def test_num_predictions_below_one_is_refused(num_predictions):
+    # No prediction slot would make the masked-LM loss 0 / 0.
+    with pytest.raises(ValueError, match=rf"Expected num_predictions to be a positive integer .*num_predictions={num_predictions}"):
+        MaskGenerator(BertTokenizer(TINY_VOCABULARY), num_predictions=num_predictions)
+    with pytest.raises(ValueError, match="num_predictions"):
+        pretraining_dataset(
+            tf.data.Dataset.from_tensor_slices(["cat sat"]), BertTokenizer(TINY_VOCABULARY), 2,
+            sequence_length=8, num_predictions=num_predictions,
+        )
+
+
 def test_default_num_predictions_matches_bert():
     assert default_num_predictions(128) == 20
     assert default_num_predictions(512) == 77

@@ -1,11 +1,17 @@
 """Data sources: kbert's TFDS builders for local files, named TFDS datasets, the GLUE table."""
 
+import json
 import logging
 import os
+import subprocess
+import sys
+import textwrap
+import time
 
 import pytest
 import tensorflow as tf
 
+from conftest import PROJECT_ROOT
 from kbert.data import GLUE_TASKS, glue_task, load_documents, load_labeled_texts
 
 
@@ -59,6 +65,18 @@ def test_local_files_are_prepared_once_and_reused(tmp_path, monkeypatch):
     _write(tmp_path / "corpus.txt", "changed text\n")
     assert list(load_documents(corpus, data_dir=data_dir).as_numpy_iterator()) == [b"changed text"]
     assert len(os.listdir(os.path.join(data_dir, "text_corpus"))) == 2
+
+
+def test_an_edit_that_keeps_size_and_mtime_is_read(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    _write(corpus, "first text\n")
+    data_dir = str(tmp_path / "tfds")
+    assert list(load_documents(str(corpus), data_dir=data_dir).as_numpy_iterator()) == [b"first text"]
+    stat = os.stat(corpus)
+    _write(corpus, "other text\n")
+    os.utime(corpus, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert os.stat(corpus).st_size == stat.st_size
+    assert list(load_documents(str(corpus), data_dir=data_dir).as_numpy_iterator()) == [b"other text"]
 
 
 def test_several_text_files_and_splits(tmp_path):
@@ -154,6 +172,31 @@ def test_integer_labels_sort_numerically_and_regression_reads_floats(tmp_path):
             b"text\tlabel\ngood\t1\n",
             r"header\.tsv, line 1: no column named 'sentence' in the header",
         ),
+        (
+            "unclosed.csv",
+            b'sentence,label\ngood,1\n"never closed,0\nbad,0\n"worse",1\n',
+            r"unclosed\.csv, line 3: unbalanced quote",
+        ),
+        (
+            "unclosed_at_end.csv",
+            b'sentence,label\ngood,1\nbad,"0\n',
+            r"unclosed_at_end\.csv, line 3: unbalanced quote",
+        ),
+        (
+            "after_quote.csv",
+            b'sentence,label\ngood,1\n"quoted" and more,0\n',
+            r"after_quote\.csv, line 3: ',' expected after '\"'",
+        ),
+        (
+            "line_break.csv",
+            b'sentence,label\n"two\nlines",1\n',
+            r"line_break\.csv, line 2: unbalanced quote",
+        ),
+        (
+            "duplicate.tsv",
+            b"sentence\tlabel\tsentence\ngood\t1\tbad\n",
+            r"duplicate\.tsv, line 1: the header names 2 columns 'sentence' \(0-based indexes 0, 2\)",
+        ),
     ],
 )
 def test_bad_delimited_files_name_file_and_line(tmp_path, name, content, message):
@@ -176,6 +219,29 @@ def test_bad_text_files_name_file_and_line(tmp_path, name, content, message):
     path = _write(tmp_path / name, content)
     with pytest.raises(ValueError, match=message):
         load_documents(path, data_dir=str(tmp_path / "tfds"))
+
+
+def test_an_unbalanced_quote_stops_label_inference_too(tmp_path):
+    rows = [f"text number {index},{index % 2}" for index in range(100)]
+    rows[40] = '"the action is stilted,0'
+    path = _write(tmp_path / "reviews.csv", "text,label\n" + "\n".join(rows) + '\n"last",1\n')
+    with pytest.raises(ValueError, match=r"reviews\.csv, line 42: unbalanced quote"):
+        load_labeled_texts(path, data_dir=str(tmp_path / "tfds"))
+
+
+def test_an_integer_label_is_a_name_where_the_names_are_integers(tmp_path):
+    path = _write(tmp_path / "dev.tsv", "text\tlabel\na\t3\nb\t0\nc\t2\n")
+    with pytest.raises(ValueError, match=r"dev\.tsv, line 4: unknown label '2'; expected one of: 0, 1, 3$"):
+        load_labeled_texts(path, label_names=["0", "1", "3"], data_dir=str(tmp_path / "tfds"))
+    # Names that are not integers are still indexed by integer labels, as GLUE's are.
+    data = load_labeled_texts(path, label_names=["a", "b", "c", "d"], data_dir=str(tmp_path / "tfds"))
+    assert [example["label"] for example in _examples(data)] == [3, 0, 2]
+
+
+def test_line_endings_mixed_in_one_file(tmp_path):
+    path = _write(tmp_path / "mixed.csv", 'sentence,label\r\ngood,1\rbad,0\n"a, b",1\r\n\r\nlast,0')
+    data = load_labeled_texts(path, data_dir=str(tmp_path / "tfds"))
+    assert [example["text"] for example in _examples(data)] == ["good", "bad", "a, b", "last"]
 
 
 def test_missing_files_are_named(tmp_path):
@@ -202,6 +268,70 @@ def test_skipped_rows_are_counted_and_reported(tmp_path, caplog):
 
 
 # === GLUE ===
+
+
+# Each process waits at a barrier of files before every round, so that both start preparing
+# the same new file together.
+_PREPARE_IN_ROUNDS = textwrap.dedent(
+    """
+    import json, os, sys, time
+    from kbert.data import load_labeled_texts
+
+    directory, name, num_rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    for round_index in range(num_rounds):
+        barrier = os.path.join(directory, f"barrier{round_index}")
+        os.makedirs(barrier, exist_ok=True)
+        open(os.path.join(barrier, name), "w").close()
+        while len(os.listdir(barrier)) < 2:
+            time.sleep(0.001)
+        data = load_labeled_texts(
+            os.path.join(directory, f"round{round_index}.tsv"),
+            data_dir=os.path.join(directory, "tfds"),
+        )
+        texts = [example["text"].decode() for example in data.dataset.as_numpy_iterator()]
+        print("texts:", json.dumps(texts), flush=True)
+    """
+)
+
+
+def test_two_processes_preparing_the_same_new_file(tmp_path):
+    num_rounds = 4
+    expected = []
+    for round_index in range(num_rounds):
+        texts = [f"round {round_index} row {index}" for index in range(2000)]
+        rows = "".join(f"{text}\t{index % 2}\n" for index, text in enumerate(texts))
+        _write(tmp_path / f"round{round_index}.tsv", "text\tlabel\n" + rows)
+        expected.append(texts)
+    environment = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
+    processes = []
+    for name in ("first", "second"):
+        # Output goes to files: a process blocked on a full pipe would hold the other at the
+        # barrier.
+        with open(tmp_path / f"{name}.out", "w") as out, open(tmp_path / f"{name}.err", "w") as err:
+            command = [sys.executable, "-c", _PREPARE_IN_ROUNDS, str(tmp_path), name, str(num_rounds)]
+            processes.append(subprocess.Popen(command, stdout=out, stderr=err, env=environment))
+    # A process that fails leaves the other waiting at the next barrier: stop it then.
+    deadline = time.monotonic() + 300
+    while any(process.poll() is None for process in processes) and time.monotonic() < deadline:
+        if any(process.poll() for process in processes):
+            break
+        time.sleep(0.1)
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    errors = {
+        name: (tmp_path / f"{name}.err").read_text().strip().splitlines()[-1:]
+        for name, process in zip(("first", "second"), processes)
+        if process.returncode != 0
+    }
+    assert not errors
+    for name in ("first", "second"):
+        lines = (tmp_path / f"{name}.out").read_text().splitlines()
+        lines = [line.removeprefix("texts: ") for line in lines if line.startswith("texts: ")]
+        assert [json.loads(line) for line in lines] == expected
+    # One dataset per file, prepared once.
+    assert len(list((tmp_path / "tfds").glob("delimited_file/*/1.0.0"))) == num_rounds
 
 
 def test_glue_table_covers_every_task():

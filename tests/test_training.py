@@ -488,3 +488,9 @@ def test_fit_errors_name_the_option(tmp_path):
         training.fit(
             tiny_masked_lm(), masked_lm_dataset(), tmp_path, epochs=1, backup_every=0, verbose=0
         )
+
+
+@pytest.mark.parametrize("learning_rate", [0.0, -1e-4, float("nan")])
+def test_a_learning_rate_that_is_not_positive_is_refused(learning_rate):
+    with pytest.raises(ValueError, match=r"Expected learning_rate to be positive\. Received: learning_rate="):
+        training.make_optimizer("adamw", learning_rate, num_train_steps=10)

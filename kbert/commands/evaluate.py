@@ -16,8 +16,10 @@ def add_arguments(parser):
                         help="split to read (default: validation for a TFDS classification set, "
                              "train, i.e. all of it, for .txt files; slices such as 'train[90%%:]' work)")
     parser.add_argument("--data-dir", default=None, help="TFDS data directory")
-    parser.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
-    parser.add_argument("--steps", type=int, default=None, help="score only this many batches")
+    parser.add_argument("--batch-size", type=options.positive_int, default=32,
+                        help="batch size (default: 32)")
+    parser.add_argument("--steps", type=options.positive_int, default=None,
+                        help="score only this many batches (default: all)")
     options.add_column_arguments(parser)
 
 

@@ -26,7 +26,7 @@ def add_arguments(parser):
     options.add_column_arguments(parser)
     parser.add_argument("--init", required=True, metavar="DIR",
                         help="kbert model directory to start from (pretrain, finetune or convert)")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs (default: 3)")
+    parser.add_argument("--epochs", type=options.positive_int, default=3, help="epochs (default: 3)")
     parser.add_argument("--warmup-ratio", type=float, default=0.1,
                         help="share of steps in linear warmup (default: 0.1)")
     parser.add_argument("--no-bucketing", action="store_true",

@@ -1,17 +1,22 @@
-"""Flags shared by the training subcommands (pretrain, finetune, quickstart)."""
+"""Flags shared by the training subcommands (pretrain, finetune, quickstart).
+
+Sizes, counts and rates that only make sense above zero are checked as the flags are parsed,
+so that a mistake is reported with the flag's name before any data or model is read.
+"""
 
 import argparse
+import math
 
 
 def add_training_arguments(parser, learning_rate, batch_size=32):
     group = parser.add_argument_group("training")
-    group.add_argument("--batch-size", type=int, default=batch_size,
+    group.add_argument("--batch-size", type=positive_int, default=batch_size,
                        help=f"global batch size, split over replicas (default: {batch_size})")
-    group.add_argument("--sequence-length", type=int, default=128,
+    group.add_argument("--sequence-length", type=positive_int, default=128,
                        help="tokens per sequence, [CLS] and [SEP] included (default: 128)")
     group.add_argument("--optimizer", default="adamw", choices=("adamw", "lamb"),
                        help="optimizer (default: adamw)")
-    group.add_argument("--learning-rate", type=float, default=learning_rate,
+    group.add_argument("--learning-rate", type=positive_float, default=learning_rate,
                        help=f"peak learning rate after warmup (default: {learning_rate})")
     group.add_argument("--weight-decay", type=float, default=0.01,
                        help="decoupled weight decay, not applied to LayerNorm and biases (default: 0.01)")
@@ -23,7 +28,7 @@ def add_training_arguments(parser, learning_rate, batch_size=32):
                        help="dtype policy (default: float32)")
     group.add_argument("--jit-compile", default="auto", type=_auto_or_bool,
                        help="XLA: auto, true or false (default: auto, Keras' choice per device)")
-    group.add_argument("--backup-every", type=int, default=None,
+    group.add_argument("--backup-every", type=positive_int, default=None,
                        help="back up the training state every N steps, as well as at epoch ends")
     group.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     group.add_argument("--quiet", action="store_true", help="one line per epoch, no progress bar")
@@ -99,6 +104,28 @@ def _index_or_name(column):
     if column is None:
         return None
     return int(column) if str(column).isdigit() else column
+
+
+def positive_int(text):
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def positive_float(text):
+    """An argparse type: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
 
 
 def _auto_or_bool(value):

@@ -20,12 +20,12 @@ def add_arguments(parser):
                         help="lowercase text, for an uncased vocabulary (default: yes)")
     parser.add_argument("--size", default="mini",
                         help="tiny, mini, small, medium, base, large or L{layers}_H{hidden} (default: mini)")
-    parser.add_argument("--steps", type=int, required=True, help="training steps")
-    parser.add_argument("--steps-per-epoch", type=int, default=None,
+    parser.add_argument("--steps", type=options.positive_int, required=True, help="training steps")
+    parser.add_argument("--steps-per-epoch", type=options.positive_int, default=None,
                         help="steps between logs, validation and backups (default: min(steps, 500))")
     parser.add_argument("--warmup-steps", type=int, default=None,
                         help="linear warmup steps (default: 10%% of --steps)")
-    parser.add_argument("--num-predictions", type=int, default=None,
+    parser.add_argument("--num-predictions", type=options.positive_int, default=None,
                         help="masked positions per sequence (default: 15%% of --sequence-length)")
     parser.add_argument("--whole-word-masking", action="store_true",
                         help="mask all WordPieces of a word together")

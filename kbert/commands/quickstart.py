@@ -1,5 +1,7 @@
 """`kbert quickstart`: vocabulary, pretraining, fine-tuning and evaluation in one go."""
 
+from kbert.commands import options
+
 HELP = ("Learn a vocabulary, pretrain a small BERT, fine-tune and evaluate it "
         "(TFDS data by default; --corpus/--train/--validation files run offline).")
 
@@ -17,12 +19,12 @@ def add_arguments(parser):
     parser.add_argument("--output", default="runs/quickstart", metavar="DIR",
                         help="where everything lands (default: runs/quickstart)")
     parser.add_argument("--size", default="tiny", help="model size (default: tiny)")
-    parser.add_argument("--vocabulary-size", type=int, default=8192,
+    parser.add_argument("--vocabulary-size", type=options.positive_int, default=8192,
                         help="WordPiece vocabulary size (default: 8192)")
-    parser.add_argument("--pretrain-steps", type=int, default=1500,
+    parser.add_argument("--pretrain-steps", type=options.positive_int, default=1500,
                         help="pretraining steps (default: 1500)")
-    parser.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs (default: 1)")
-    parser.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
+    parser.add_argument("--epochs", type=options.positive_int, default=1, help="fine-tuning epochs (default: 1)")
+    parser.add_argument("--batch-size", type=options.positive_int, default=32, help="batch size (default: 32)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--data-dir", default=None, help="TFDS data directory")
     parser.add_argument("--quiet", action="store_true", help="one line per epoch, no progress bar")

@@ -2,9 +2,9 @@
 
 Local text enters kbert the way every other dataset does, through TFDS: each builder reads the
 files once, checks them, and writes a TFDS dataset into `data_dir`; later runs find it there and
-read nothing else. A configuration is named after the files' paths, sizes and modification times
-and the reading options, so an edited file or a different column choice prepares a new dataset
-rather than reusing a stale one.
+read nothing else. A configuration is named after the files' paths and contents and the reading
+options, so an edited file or a different column choice prepares a new dataset rather than
+reusing a stale one.
 
 - `TextCorpus`: plain-text corpora for pretraining, one example per document.
 - `DelimitedFile`: TSV/CSV classification files, one example per row.
@@ -37,10 +37,19 @@ _HEADING = re.compile(r"^\s*=(?:\s*=)*\s+(.*?)\s+=(?:\s*=)*\s*$")
 
 
 def _file_signature(path):
+    """The file's path and a digest of its bytes.
+
+    Size and modification time can stay the same across an edit (a restored mtime, a copy that
+    keeps it), so the contents decide. BLAKE2b hashes far faster than the file can be parsed
+    and written out as TFRecords, which every new preparation does anyway.
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"File not found: {path}")
-    stat = os.stat(path)
-    return [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return [os.path.abspath(path), digest.hexdigest()]
 
 
 def _config_name(prefix, files, options):
@@ -58,6 +67,10 @@ def _config_name(prefix, files, options):
 def read_lines(path):
     """Yields `(line_number, text)` for each line of a UTF-8 file, without the line break.
 
+    Lines end at `\\n`, `\\r\\n` or a lone `\\r`, as in Python's universal newlines and the csv
+    module, so a file whose line endings were mixed by editors on different systems reads as
+    its editors show it.
+
     Raises:
         FileNotFoundError: naming the file.
         ValueError: naming the file and line, for an empty file or bytes that are not UTF-8.
@@ -66,19 +79,24 @@ def read_lines(path):
         raise FileNotFoundError(f"File not found: {path}")
     if os.path.getsize(path) == 0:
         raise ValueError(f"{path}, line 1: the file is empty")
+    line_number = 0
     with open(path, "rb") as file:
-        for line_number, raw_line in enumerate(file, start=1):
-            try:
-                line = raw_line.decode("utf-8")
-            except UnicodeDecodeError as error:
-                column = len(raw_line[: error.start].decode("utf-8", errors="replace")) + 1
-                raise ValueError(
-                    f"{path}, line {line_number}: bytes that are not UTF-8 "
-                    f"(0x{raw_line[error.start]:02x} at column {column})"
-                ) from None
-            if line_number == 1:
-                line = line.removeprefix("\ufeff")
-            yield line_number, line.rstrip("\r\n")
+        # Read as bytes, not in text mode, so that bytes that are not UTF-8 are found with
+        # their line and column.
+        for raw_line in file:
+            for raw_piece in raw_line.removesuffix(b"\n").removesuffix(b"\r").split(b"\r"):
+                line_number += 1
+                try:
+                    line = raw_piece.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    column = len(raw_piece[: error.start].decode("utf-8", errors="replace")) + 1
+                    raise ValueError(
+                        f"{path}, line {line_number}: bytes that are not UTF-8 "
+                        f"(0x{raw_piece[error.start]:02x} at column {column})"
+                    ) from None
+                if line_number == 1:
+                    line = line.removeprefix("\ufeff")
+                yield line_number, line
 
 
 def read_documents(path):
@@ -136,26 +154,46 @@ def read_rows(path, delimiter):
 
     Tab-separated files are read without quoting, as GLUE's and the original BERT's readers do
     (their sentences contain bare quotes); other delimiters use standard CSV quoting.
+
+    A row is one line: a quoted field must end on the line it starts on. A quote that is never
+    closed on its line is refused rather than read on into the next lines, because a line break
+    inside quotes cannot be told from an unbalanced quote that would merge the rows after it
+    into one text (and make its label a new class).
+
+    Raises:
+        ValueError: naming the file and line, for an unbalanced quote or text after a closing
+            quote.
     """
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    lines_read = [0]
+    # The line being read, and whether csv has asked for a line within the current row.
+    state = {"line_number": 0, "in_row": False}
+
+    def unbalanced_quote():
+        return ValueError(
+            f"{path}, line {state['line_number']}: unbalanced quote: a quoted field does not end "
+            "on its line (a row is one line, so quotes cannot hold a line break)"
+        )
 
     def lines():
         for line_number, line in read_lines(path):
-            lines_read[0] = line_number
+            # csv asks for another line within a row only while a quoted field is open.
+            if state["in_row"]:
+                raise unbalanced_quote()
+            state["line_number"], state["in_row"] = line_number, True
             yield line
 
-    reader = csv.reader(lines(), delimiter=delimiter, quoting=quoting)
+    reader = csv.reader(lines(), delimiter=delimiter, quoting=quoting, strict=True)
     while True:
-        # A quoted field may span lines; the row is named after its first line.
-        first_line = lines_read[0] + 1
+        state["in_row"] = False
         try:
             fields = next(reader)
         except StopIteration:
             return
         except csv.Error as error:
-            raise ValueError(f"{path}, line {lines_read[0]}: {error}") from None
-        yield first_line, fields
+            if str(error) == "unexpected end of data":
+                raise unbalanced_quote() from None
+            raise ValueError(f"{path}, line {state['line_number']}: {error}") from None
+        yield state["line_number"], fields
 
 
 def read_header(path, delimiter):
@@ -179,16 +217,28 @@ def column_index(column, header, path, delimiter):
             f"{path}, line 1: no column named {column!r} in the header "
             f"({separator}-separated columns: {', '.join(map(repr, header))})"
         )
-    return header.index(column)
+    indexes = [index for index, name in enumerate(header) if name == column]
+    if len(indexes) > 1:
+        raise ValueError(
+            f"{path}, line 1: the header names {len(indexes)} columns {column!r} (0-based "
+            f"indexes {', '.join(map(str, indexes))}); rename them or give the column by index"
+        )
+    return indexes[0]
 
 
 class LabelParser:
-    """Turns a label field into a class id (or a float for regression), with a clear error."""
+    """Turns a label field into a class id (or a float for regression), with a clear error.
+
+    A label is one of `label_names`, or an integer index into them when no label name is an
+    integer: where the names are integers ("0", "1", "3"), "2" is an unknown label, not the
+    third class.
+    """
 
     def __init__(self, label_names=None, regression=False):
         self.label_names = tuple(label_names) if label_names is not None else None
         self.regression = regression
         self._ids = {name: index for index, name in enumerate(self.label_names or ())}
+        self._indexes_allowed = not any(_is_integer(name) for name in self.label_names or ())
 
     def __call__(self, value, where):
         value = value.strip()
@@ -202,12 +252,20 @@ class LabelParser:
         if value in self._ids:
             return self._ids[value]
         # Integer labels index the label names (GLUE's "0"/"1" for negative/positive).
-        if re.fullmatch(r"-?\d+", value) and 0 <= int(value) < len(self.label_names):
+        if self._indexes_allowed and _is_integer(value) and 0 <= int(value) < len(self.label_names):
             return int(value)
         raise ValueError(
             f"{where}: unknown label {value!r}; expected one of: {', '.join(self.label_names)}"
-            + (f" or an index 0-{len(self.label_names) - 1}" if self.label_names else "")
+            + (
+                f" or an index 0-{len(self.label_names) - 1}"
+                if self.label_names and self._indexes_allowed
+                else ""
+            )
         )
+
+
+def _is_integer(text):
+    return re.fullmatch(r"-?\d+", str(text).strip()) is not None
 
 
 # === Text corpus ===

@@ -61,6 +61,11 @@ class MaskGenerator:
         random_token_rate=0.1,
         whole_word_masking=False,
     ):
+        if isinstance(num_predictions, bool) or not isinstance(num_predictions, int) or num_predictions < 1:
+            raise ValueError(
+                "Expected num_predictions to be a positive integer (a loss over no predictions is "
+                f"undefined). Received: num_predictions={num_predictions!r}"
+            )
         if not 0 < mask_selection_rate <= 1:
             raise ValueError(
                 f"Expected mask_selection_rate in (0, 1]. Received: mask_selection_rate={mask_selection_rate}"

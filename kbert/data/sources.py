@@ -14,6 +14,7 @@ label)` examples for classification.
 """
 
 import dataclasses
+import fcntl
 import logging
 import os
 import re
@@ -43,6 +44,28 @@ def _prepare(builder):
     # A prepared dataset is found in data_dir and reused: this writes nothing the second time.
     builder.download_and_prepare()
     return builder
+
+
+def _prepare_local(builder):
+    """Prepares one of kbert's builders for local files, one process at a time.
+
+    TFDS writes a new dataset into a directory of its own and renames it into place at the
+    end, so two processes preparing the same new file both write it and the second rename
+    fails. An exclusive lock on a file beside the dataset's directory lets the first prepare
+    it and the others then find it prepared. The lock is released when its file is closed,
+    also when the process dies.
+    """
+    lock_path = f"{builder.data_dir}.lock"
+    os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+    with open(lock_path, "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        if builder.data_path.exists():
+            # Prepared by another process since this builder was made: a new builder reads
+            # the dataset's info from disk.
+            builder = type(builder)(
+                config=builder.builder_config, data_dir=os.fspath(builder.data_dir_root)
+            )
+        return _prepare(builder)
 
 
 def _shard(dataset, input_context):
@@ -146,7 +169,7 @@ def load_documents(
     if is_local(source):
         from kbert.data.builders import TextCorpus, text_corpus_config
 
-        builder = _prepare(TextCorpus(config=text_corpus_config(source), data_dir=data_dir))
+        builder = _prepare_local(TextCorpus(config=text_corpus_config(source), data_dir=data_dir))
     else:
         builder = _named_builder(source, data_dir, download)
     features = builder.info.features
@@ -217,8 +240,8 @@ def load_labeled_texts(
             feature names). Defaults to `sentence1, sentence2`, `sentence` or `text`, whichever the
             data has.
         label_column: the label column or feature; defaults to `label`.
-        label_names: class names in id order. Labels in a file may be these names or integer
-            indexes into them. Read from the file(s) where not given (sorted, numerically where
+        label_names: class names in id order. Labels in a file may be these names or, where
+            no name is an integer, integer indexes into them. Read from the file(s) where not given (sorted, numerically where
             all are integers), and from the dataset for TFDS.
         regression: labels are numbers (for one output), not classes.
         header: whether a file's first line names its columns; defaults to True unless every
@@ -343,7 +366,7 @@ def _load_local_labeled_texts(
         regression=bool(regression),
         skip_bad_rows=bool(skip_bad_rows),
     )
-    builder = _prepare(
+    builder = _prepare_local(
         builders.DelimitedFile(config=builders.delimited_file_config(files, options), data_dir=data_dir)
     )
     skipped = builder.info.metadata.get("skipped_rows", {}).get(split)
