@@ -13,6 +13,7 @@ to resume from.
 
 import contextlib
 import csv
+import io
 import json
 import math
 import os
@@ -20,6 +21,8 @@ import shutil
 
 import keras
 import numpy as np
+
+from kbert import files
 
 LATEST_FILE = "latest.json"
 WEIGHTS_FILE = "model.weights.h5"
@@ -55,22 +58,38 @@ class TrainingState:
 
     def save(self, model, step, run_config=None):
         """Backs up `model` (weights, optimizer state, dropout seeds) as of `step`."""
+        from kbert import model_dir
+
         os.makedirs(self.directory, exist_ok=True)
         name = f"step-{step:09d}"
         final_path = os.path.join(self.directory, name)
         temporary_path = final_path + ".tmp"
         shutil.rmtree(temporary_path, ignore_errors=True)
         os.makedirs(temporary_path)
-        with _without_keras_distribution():
-            model.save_weights(os.path.join(temporary_path, WEIGHTS_FILE))
-        seed_states = {
-            str(index): keras.ops.convert_to_numpy(variable.value)
-            for index, variable in enumerate(_seed_state_variables(model))
-        }
-        np.savez(os.path.join(temporary_path, SEEDS_FILE), **seed_states)
+        try:
+            weights_path = os.path.join(temporary_path, WEIGHTS_FILE)
+            # The last backup's weights file is the exact size of this one.
+            latest = self.latest()
+            previous = latest and os.path.join(self.directory, latest["directory"], WEIGHTS_FILE)
+            expected_size = model_dir.expected_weights_size(model, previous)
+            with files.atomic_path(weights_path, expected_size=expected_size) as temporary:
+                with _without_keras_distribution():
+                    model.save_weights(temporary)
+            seed_states = {
+                str(index): keras.ops.convert_to_numpy(variable.value)
+                for index, variable in enumerate(_seed_state_variables(model))
+            }
+            buffer = io.BytesIO()
+            np.savez(buffer, **seed_states)
+            files.write_bytes(os.path.join(temporary_path, SEEDS_FILE), buffer.getvalue())
+        except BaseException:
+            # The last complete backup stays the one latest.json names.
+            shutil.rmtree(temporary_path, ignore_errors=True)
+            raise
         shutil.rmtree(final_path, ignore_errors=True)
         os.replace(temporary_path, final_path)
-        _write_json_atomically(
+        files.sync_directory(self.directory)
+        files.write_json(
             os.path.join(self.directory, LATEST_FILE),
             {"step": step, "directory": name, "run_config": run_config},
         )
@@ -78,6 +97,7 @@ class TrainingState:
         for entry in os.listdir(self.directory):
             if entry.startswith("step-") and entry != name:
                 shutil.rmtree(os.path.join(self.directory, entry), ignore_errors=True)
+        files.remove_stale_temporaries(self.directory)
 
     def restore(self, model):
         """Loads the newest backup into `model`; returns its step, or 0 where there is none."""
@@ -261,18 +281,17 @@ def write_history(history, output_dir):
     """Writes `history.json` and `history.csv` (one row per epoch) into `output_dir`."""
     os.makedirs(output_dir, exist_ok=True)
     columns = ["epoch", "step"] + sorted(key for key in history if key not in ("epoch", "step"))
-    _write_json_atomically(
+    files.write_json(
         os.path.join(output_dir, HISTORY_JSON),
         {key: history[key] for key in columns if key in history},
     )
-    csv_path = os.path.join(output_dir, HISTORY_CSV)
-    with open(csv_path + ".tmp", "w", newline="", encoding="utf-8") as file:
-        writer = csv.writer(file)
-        writer.writerow(columns)
-        for index in range(len(history.get("epoch", []))):
-            row = [history[key][index] for key in columns]
-            writer.writerow(["" if value is None else value for value in row])
-    os.replace(csv_path + ".tmp", csv_path)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(columns)
+    for index in range(len(history.get("epoch", []))):
+        row = [history[key][index] for key in columns]
+        writer.writerow(["" if value is None else value for value in row])
+    files.write_text(os.path.join(output_dir, HISTORY_CSV), text.getvalue())
 
 
 def plot_history(history, path):
@@ -313,13 +332,7 @@ def plot_history(history, path):
         axis.grid(alpha=0.3)
         axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=100)
     pyplot.close(figure)
-
-
-def _write_json_atomically(path, value):
-    temporary_path = path + ".tmp"
-    with open(temporary_path, "w", encoding="utf-8") as file:
-        json.dump(value, file, indent=2)
-        file.write("\n")
-    os.replace(temporary_path, path)
+    files.write_bytes(path, image.getvalue())

@@ -93,9 +93,10 @@ def read_vocabulary(path):
 
 
 def write_vocabulary(vocabulary, path):
-    """Writes a list of tokens as a `vocab.txt`."""
-    with open(path, "w", encoding="utf-8") as file:
-        file.write("".join(f"{token}\n" for token in vocabulary))
+    """Writes a list of tokens as a `vocab.txt`, atomically."""
+    from kbert import files
+
+    files.write_text(path, "".join(f"{token}\n" for token in vocabulary))
 
 
 class _VocabularyLookup:

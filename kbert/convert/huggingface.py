@@ -7,12 +7,12 @@ Google names with dots, `layer.N` for `layer_N`, `weight` for `kernel` (stored t
 as (output, input)) and for LayerNorm's `gamma`, and `bias` for its `beta`.
 """
 
-import json
 import os
 import re
 
 import numpy as np
 
+from kbert import files
 from kbert.convert import mapping
 
 CONFIG_FILE = "config.json"
@@ -359,11 +359,11 @@ def to_huggingface(model_directory, output, *, overwrite=False):
     }
 
     mapping.prepare_output(output, overwrite)
-    save_file(tensors, os.path.join(output, SAFETENSORS_FILE), metadata={"format": "pt"})
+    with files.atomic_path(os.path.join(output, SAFETENSORS_FILE)) as temporary_path:
+        save_file(tensors, temporary_path, metadata={"format": "pt"})
     for file_name, value in ((CONFIG_FILE, config), (TOKENIZER_CONFIG_FILE, tokenizer_config)):
-        with open(os.path.join(output, file_name), "w", encoding="utf-8") as file:
-            json.dump(value, file, indent=2)
-            file.write("\n")
-    with open(os.path.join(output, VOCABULARY_FILE), "w", encoding="utf-8") as file:
-        file.write("".join(f"{token}\n" for token in vocabulary))
+        files.write_json(os.path.join(output, file_name), value)
+    files.write_text(
+        os.path.join(output, VOCABULARY_FILE), "".join(f"{token}\n" for token in vocabulary)
+    )
     return output
