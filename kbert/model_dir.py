@@ -78,7 +78,7 @@ def expected_weights_size(model, path=None):
     data_bytes = sum(
         int(np.prod(variable.shape)) * np.dtype(variable.dtype).itemsize for variable in variables
     )
-    estimate = data_bytes + 4096 * len(variables) + 65536
+    estimate = data_bytes + 3072 * len(variables) + 65536
     if path is not None and os.path.isfile(path):
         estimate = max(estimate, os.path.getsize(path))
     return estimate

@@ -130,9 +130,29 @@ def _read_weights(directory, allow_pytorch_bin):
                 f"{directory} has only {PYTORCH_FILE}, a pickle; pass --allow-pytorch-bin "
                 "(allow_pytorch_bin=True in Python) to read it with torch.load(weights_only=True)"
             )
+        import pickle
+
         import torch
 
-        state_dict = torch.load(pytorch_path, map_location="cpu", weights_only=True)
+        # torch's own message suggests weights_only=False, which would run the pickle's code.
+        try:
+            state_dict = torch.load(pytorch_path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise mapping.ConversionError(
+                f"{pytorch_path} holds Python objects besides tensors (or is not a PyTorch "
+                "checkpoint), which kbert will not unpickle"
+            ) from None
+        except (RuntimeError, EOFError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else "truncated"
+            raise mapping.ConversionError(
+                f"{pytorch_path} is not a readable PyTorch checkpoint: {reason}"
+            ) from None
+        if not isinstance(state_dict, dict) or not all(
+            isinstance(value, torch.Tensor) for value in state_dict.values()
+        ):
+            raise mapping.ConversionError(
+                f"{pytorch_path} does not hold a dict of tensors (a state dict)"
+            )
         return {
             key: value.float().numpy() if value.is_floating_point() else value.numpy()
             for key, value in state_dict.items()
