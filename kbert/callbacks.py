@@ -235,23 +235,34 @@ class HistoryLogger(keras.callbacks.Callback):
     The history is a dict of lists, like `keras.callbacks.History.history`, with two more
     keys: `epoch` (1-based) and `step` (global step at the end of the epoch).
 
+    A run resumed in the middle of an epoch has trained on only part of that epoch since
+    Keras last reset its metrics, so that epoch's training metrics are left empty (`None`)
+    rather than recorded as if they covered it; its validation metrics and learning rate,
+    which do not depend on the interruption, are kept.
+
     Args:
         output_dir: where the files go.
         history: the history of earlier (interrupted) runs to continue, or `None`.
         epoch_end_step: function from a 0-based epoch index to the global step at its end.
         write: whether this process writes the files.
+        resumed_epoch: the 0-based epoch this run resumes in the middle of, or `None`.
     """
 
-    def __init__(self, output_dir, history, epoch_end_step, write=True):
+    def __init__(self, output_dir, history, epoch_end_step, write=True, resumed_epoch=None):
         super().__init__()
         self.output_dir = output_dir
         self.history = history or {}
         self.epoch_end_step = epoch_end_step
         self.write = write
+        self.resumed_epoch = resumed_epoch
 
     def on_epoch_end(self, epoch, logs=None):
         row = {"epoch": epoch + 1, "step": self.epoch_end_step(epoch)}
         for key, value in (logs or {}).items():
+            partial = epoch == self.resumed_epoch and not key.startswith("val_")
+            if partial and key != "learning_rate":
+                row[key] = None
+                continue
             row[key] = float(keras.ops.convert_to_numpy(value))
         num_rows = len(self.history.get("epoch", []))
         for key in set(self.history) | set(row):

@@ -141,8 +141,9 @@ def load(directory, compile=False):
     try:
         model = keras.saving.deserialize_keras_object(config["model"])
     except TypeError as error:
-        # Keras' message spans lines and lists its whole config; the first line names the class.
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        # Keras' message goes on with advice and the whole config; its first sentence names
+        # the class.
+        reason = str(error).strip().split(". ")[0].splitlines()[0] if str(error).strip() else ""
         raise ValueError(f"{config_path} describes a model kbert cannot build: {reason}") from None
     weights_path = os.path.join(directory, WEIGHTS_FILE)
     if not os.path.isfile(weights_path):

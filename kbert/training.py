@@ -483,7 +483,13 @@ def fit(
         def epoch_end_step(epoch):
             return min((epoch + 1) * steps_per_epoch, num_train_steps)
 
-        history_logger = HistoryLogger(output_dir, history, epoch_end_step, write=is_chief)
+        history_logger = HistoryLogger(
+            output_dir,
+            history,
+            epoch_end_step,
+            write=is_chief,
+            resumed_epoch=start_step // steps_per_epoch if start_step % steps_per_epoch else None,
+        )
         extra_callbacks = list(callbacks or [])
         if is_chief and _tensorboard_installed():
             extra_callbacks.append(
