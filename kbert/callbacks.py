@@ -65,7 +65,10 @@ class TrainingState:
         final_path = os.path.join(self.directory, name)
         temporary_path = final_path + ".tmp"
         shutil.rmtree(temporary_path, ignore_errors=True)
-        os.makedirs(temporary_path)
+        try:
+            os.makedirs(temporary_path)
+        except OSError as error:
+            raise files.write_error(temporary_path, error) from None
         try:
             weights_path = os.path.join(temporary_path, WEIGHTS_FILE)
             # The last backup's weights file is the exact size of this one.
