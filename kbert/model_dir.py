@@ -168,8 +168,10 @@ def check_vocabulary_size(directory, model):
     """
     backbone = getattr(model, "backbone", model)
     vocabulary_size = getattr(backbone, "vocabulary_size", None)
+    if vocabulary_size is None or not read_config(directory).get("tokenizer", {}).get("vocabulary"):
+        return
     path = vocabulary_path(directory)
-    if vocabulary_size is None or not os.path.isfile(path):
+    if not os.path.isfile(path):
         return
     # Lines as `kbert.tokenizer.read_vocabulary` splits them.
     with open(path, encoding="utf-8", errors="replace") as file:
