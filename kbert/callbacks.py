@@ -13,6 +13,7 @@ to resume from.
 
 import contextlib
 import csv
+import io
 import json
 import math
 import os
@@ -20,6 +21,8 @@ import shutil
 
 import keras
 import numpy as np
+
+from kbert import files
 
 LATEST_FILE = "latest.json"
 WEIGHTS_FILE = "model.weights.h5"
@@ -55,22 +58,41 @@ class TrainingState:
 
     def save(self, model, step, run_config=None):
         """Backs up `model` (weights, optimizer state, dropout seeds) as of `step`."""
+        from kbert import model_dir
+
         os.makedirs(self.directory, exist_ok=True)
         name = f"step-{step:09d}"
         final_path = os.path.join(self.directory, name)
         temporary_path = final_path + ".tmp"
         shutil.rmtree(temporary_path, ignore_errors=True)
-        os.makedirs(temporary_path)
-        with _without_keras_distribution():
-            model.save_weights(os.path.join(temporary_path, WEIGHTS_FILE))
-        seed_states = {
-            str(index): keras.ops.convert_to_numpy(variable.value)
-            for index, variable in enumerate(_seed_state_variables(model))
-        }
-        np.savez(os.path.join(temporary_path, SEEDS_FILE), **seed_states)
+        try:
+            os.makedirs(temporary_path)
+        except OSError as error:
+            raise files.write_error(temporary_path, error) from None
+        try:
+            weights_path = os.path.join(temporary_path, WEIGHTS_FILE)
+            # The last backup's weights file is the exact size of this one.
+            latest = self.latest()
+            previous = latest and os.path.join(self.directory, latest["directory"], WEIGHTS_FILE)
+            expected_size = model_dir.expected_weights_size(model, previous)
+            with files.atomic_path(weights_path, expected_size=expected_size) as temporary:
+                with _without_keras_distribution():
+                    model.save_weights(temporary)
+            seed_states = {
+                str(index): keras.ops.convert_to_numpy(variable.value)
+                for index, variable in enumerate(_seed_state_variables(model))
+            }
+            buffer = io.BytesIO()
+            np.savez(buffer, **seed_states)
+            files.write_bytes(os.path.join(temporary_path, SEEDS_FILE), buffer.getvalue())
+        except BaseException:
+            # The last complete backup stays the one latest.json names.
+            shutil.rmtree(temporary_path, ignore_errors=True)
+            raise
         shutil.rmtree(final_path, ignore_errors=True)
         os.replace(temporary_path, final_path)
-        _write_json_atomically(
+        files.sync_directory(self.directory)
+        files.write_json(
             os.path.join(self.directory, LATEST_FILE),
             {"step": step, "directory": name, "run_config": run_config},
         )
@@ -78,6 +100,7 @@ class TrainingState:
         for entry in os.listdir(self.directory):
             if entry.startswith("step-") and entry != name:
                 shutil.rmtree(os.path.join(self.directory, entry), ignore_errors=True)
+        files.remove_stale_temporaries(self.directory)
 
     def restore(self, model):
         """Loads the newest backup into `model`; returns its step, or 0 where there is none."""
@@ -215,23 +238,34 @@ class HistoryLogger(keras.callbacks.Callback):
     The history is a dict of lists, like `keras.callbacks.History.history`, with two more
     keys: `epoch` (1-based) and `step` (global step at the end of the epoch).
 
+    A run resumed in the middle of an epoch has trained on only part of that epoch since
+    Keras last reset its metrics, so that epoch's training metrics are left empty (`None`)
+    rather than recorded as if they covered it; its validation metrics and learning rate,
+    which do not depend on the interruption, are kept.
+
     Args:
         output_dir: where the files go.
         history: the history of earlier (interrupted) runs to continue, or `None`.
         epoch_end_step: function from a 0-based epoch index to the global step at its end.
         write: whether this process writes the files.
+        resumed_epoch: the 0-based epoch this run resumes in the middle of, or `None`.
     """
 
-    def __init__(self, output_dir, history, epoch_end_step, write=True):
+    def __init__(self, output_dir, history, epoch_end_step, write=True, resumed_epoch=None):
         super().__init__()
         self.output_dir = output_dir
         self.history = history or {}
         self.epoch_end_step = epoch_end_step
         self.write = write
+        self.resumed_epoch = resumed_epoch
 
     def on_epoch_end(self, epoch, logs=None):
         row = {"epoch": epoch + 1, "step": self.epoch_end_step(epoch)}
         for key, value in (logs or {}).items():
+            partial = epoch == self.resumed_epoch and not key.startswith("val_")
+            if partial and key != "learning_rate":
+                row[key] = None
+                continue
             row[key] = float(keras.ops.convert_to_numpy(value))
         num_rows = len(self.history.get("epoch", []))
         for key in set(self.history) | set(row):
@@ -261,18 +295,17 @@ def write_history(history, output_dir):
     """Writes `history.json` and `history.csv` (one row per epoch) into `output_dir`."""
     os.makedirs(output_dir, exist_ok=True)
     columns = ["epoch", "step"] + sorted(key for key in history if key not in ("epoch", "step"))
-    _write_json_atomically(
+    files.write_json(
         os.path.join(output_dir, HISTORY_JSON),
         {key: history[key] for key in columns if key in history},
     )
-    csv_path = os.path.join(output_dir, HISTORY_CSV)
-    with open(csv_path + ".tmp", "w", newline="", encoding="utf-8") as file:
-        writer = csv.writer(file)
-        writer.writerow(columns)
-        for index in range(len(history.get("epoch", []))):
-            row = [history[key][index] for key in columns]
-            writer.writerow(["" if value is None else value for value in row])
-    os.replace(csv_path + ".tmp", csv_path)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(columns)
+    for index in range(len(history.get("epoch", []))):
+        row = [history[key][index] for key in columns]
+        writer.writerow(["" if value is None else value for value in row])
+    files.write_text(os.path.join(output_dir, HISTORY_CSV), text.getvalue())
 
 
 def plot_history(history, path):
@@ -313,13 +346,7 @@ def plot_history(history, path):
         axis.grid(alpha=0.3)
         axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=100)
     pyplot.close(figure)
-
-
-def _write_json_atomically(path, value):
-    temporary_path = path + ".tmp"
-    with open(temporary_path, "w", encoding="utf-8") as file:
-        json.dump(value, file, indent=2)
-        file.write("\n")
-    os.replace(temporary_path, path)
+    files.write_bytes(path, image.getvalue())

@@ -2,8 +2,8 @@
 
 Each subcommand lives in `kbert/commands/<name>.py`, which defines `HELP` (one line),
 `add_arguments(parser)` and `run(args)`; this module only dispatches. User mistakes raise
-`UsageError` (or `ValueError` / `FileNotFoundError` from the library) and are printed as one
-line without a traceback, with exit code 2.
+`UsageError` (or `ValueError` / `OSError`, such as a missing file or a full disk, from the
+library) and are printed as one line without a traceback, with exit code 2.
 """
 
 import argparse
@@ -56,7 +56,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         result = args.run(args)
-    except (UsageError, ValueError, FileNotFoundError, FileExistsError) as error:
+    except (UsageError, ValueError, OSError) as error:
         print(f"kbert {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -12,7 +12,8 @@ model server's configuration files and the commands that start it.
 import contextlib
 import fcntl
 import os
-import tempfile
+
+from kbert import files
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MODEL_CONFIG_FILE = "models.config"
@@ -169,7 +170,7 @@ def update_model_config(base_dir, keep_versions=1, serving_root=DEFAULT_SERVING_
         entry.base_path = f"{serving_root.rstrip('/')}/{name}"
         entry.model_platform = "tensorflow"
         entry.model_version_policy.latest.num_versions = keep_versions
-        _write_atomically(path, text_format.MessageToString(config))
+        files.write_text(path, text_format.MessageToString(config))
     return path
 
 
@@ -218,7 +219,7 @@ def write_batching_parameters(directory, num_batch_threads=None):
     """Writes `batching_parameters.txt` in `directory` unless one is there (users tune it)."""
     path = os.path.join(directory, BATCHING_PARAMETERS_FILE)
     if not os.path.exists(path):
-        _write_atomically(path, batching_parameters(num_batch_threads))
+        files.write_text(path, batching_parameters(num_batch_threads))
     return path
 
 
@@ -244,19 +245,3 @@ def _locked(path):
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _write_atomically(path, text):
-    directory = os.path.dirname(path)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temporary)
-        raise

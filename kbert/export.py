@@ -23,6 +23,7 @@ import tempfile
 
 import keras
 
+from kbert import files
 from kbert import model_dir as model_directory
 from kbert import deployment, serving_releases
 
@@ -104,13 +105,23 @@ def export(
 
 def versions(base_dir):
     """Returns the sorted numeric versions in `base_dir`, as TensorFlow Serving sees them."""
+    return sorted(
+        number
+        for number, name in _numbered_entries(base_dir)
+        if os.path.isdir(os.path.join(base_dir, name))
+    )
+
+
+def _numbered_entries(base_dir):
+    # Only ASCII digits make a version, as TF Serving parses them: "²" is a digit to
+    # str.isdigit() but not to int().
     if not os.path.isdir(base_dir):
         return []
-    return sorted(
-        int(name)
+    return [
+        (int(name), name)
         for name in os.listdir(base_dir)
-        if name.isdigit() and os.path.isdir(os.path.join(base_dir, name))
-    )
+        if name.isascii() and name.isdigit()
+    ]
 
 
 def _nodes(saved_model_dir):
@@ -212,8 +223,10 @@ def _export(
     )
 
     os.makedirs(base_dir, exist_ok=True)
+    # Unfinished exports of processes that are gone; those of live ones are left alone.
+    files.remove_stale_temporaries(base_dir, prefix=INCOMPLETE_PREFIX)
     temporary_dir = tempfile.mkdtemp(
-        prefix=f"{INCOMPLETE_PREFIX}{version or 'next'}-", dir=base_dir
+        prefix=f"{INCOMPLETE_PREFIX}{files.owner_tag()}-{version or 'next'}-", dir=base_dir
     )
     try:
         tf.saved_model.save(module, temporary_dir, signatures=signatures)
@@ -247,8 +260,16 @@ def _export(
         os.umask(umask)
         os.chmod(temporary_dir, 0o777 & ~umask)
         version_dir = _publish(temporary_dir, base_dir, version)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(temporary_dir, ignore_errors=True)
+        written = isinstance(error, OSError) and not isinstance(
+            error, (FileNotFoundError, FileExistsError)
+        )
+        if written or isinstance(error, tf.errors.OpError):
+            # A full disk, a read-only directory: one line, and no version was made.
+            reason = getattr(error, "message", None) or error.strerror or str(error)
+            reason = reason.strip().splitlines()[0] if reason.strip() else type(error).__name__
+            raise OSError(f"Could not write the export into {base_dir}: {reason}") from None
         raise
     deployment.update_model_config(base_dir, keep_versions, serving_root)
     deployment.write_batching_parameters(os.path.dirname(os.path.abspath(base_dir)))
@@ -281,7 +302,8 @@ def task_reads_text_pair(task):
 
 
 def _check_version_is_free(base_dir, version):
-    if version is not None and version in versions(base_dir):
+    # A plain file named like the version blocks it too: the rename could not replace it.
+    if version is not None and version in {number for number, _ in _numbered_entries(base_dir)}:
         raise FileExistsError(
             f"Version {version} already exists in {base_dir}; exports never overwrite a "
             f"version: pass another --version, or none for the next free one "
@@ -290,7 +312,7 @@ def _check_version_is_free(base_dir, version):
 
 
 def _next_version(base_dir):
-    return max(versions(base_dir), default=0) + 1
+    return max((number for number, _ in _numbered_entries(base_dir)), default=0) + 1
 
 
 def _publish(temporary_dir, base_dir, version):
@@ -304,9 +326,11 @@ def _publish(temporary_dir, base_dir, version):
             # an export that raced this one to the same version is never overwritten.
             os.rename(temporary_dir, version_dir)
         except OSError:
-            if version is not None or not os.path.exists(version_dir):
+            if version is not None or not os.path.lexists(version_dir):
                 raise
-            continue  # another export took the next free version first
+            # Another export took the number first; it now counts in _next_version, so the
+            # next try takes a higher one.
+            continue
         return version_dir
 
 
@@ -360,9 +384,7 @@ def signature_defs(saved_model_dir):
 
 def _write_json(path, value):
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as file:
-        json.dump(value, file, indent=2)
-        file.write("\n")
+    files.write_json(path, value)
 
 
 # Run by `_export_in_tensorflow_process`: user errors come back as one JSON line.
@@ -371,8 +393,10 @@ import json, sys
 from kbert.export import export
 try:
     print(json.dumps({"version_dir": export(**json.loads(sys.argv[1]))}))
-except (ValueError, FileNotFoundError, FileExistsError) as error:
-    print(json.dumps({"error": type(error).__name__, "message": str(error)}))
+except (ValueError, OSError) as error:
+    kinds = (FileNotFoundError, FileExistsError, ValueError, OSError)
+    kind = next(kind for kind in kinds if isinstance(error, kind))
+    print(json.dumps({"error": kind.__name__, "message": str(error)}))
 """
 
 
@@ -402,6 +426,7 @@ def _export_in_tensorflow_process(arguments):
             "ValueError": ValueError,
             "FileNotFoundError": FileNotFoundError,
             "FileExistsError": FileExistsError,
+            "OSError": OSError,
         }[outcome["error"]]
         raise error_class(outcome["message"])
     return outcome["version_dir"]

@@ -89,13 +89,28 @@ def read_vocabulary(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Vocabulary file not found: {path}")
     with open(path, encoding="utf-8") as file:
-        return [line.rstrip("\r\n") for line in file]
+        vocabulary = [line.rstrip("\r\n") for line in file]
+    check_unique_tokens(vocabulary, path)
+    return vocabulary
+
+
+def check_unique_tokens(vocabulary, source="the vocabulary"):
+    """Fails at the first token that appears twice: WordPiece needs one id per token."""
+    first_lines = {}
+    for line_number, token in enumerate(vocabulary, start=1):
+        if token in first_lines:
+            raise ValueError(
+                f"{source}, line {line_number}: the token {token!r} is already on line "
+                f"{first_lines[token]}; every token of a vocabulary must be unique"
+            )
+        first_lines[token] = line_number
 
 
 def write_vocabulary(vocabulary, path):
-    """Writes a list of tokens as a `vocab.txt`."""
-    with open(path, "w", encoding="utf-8") as file:
-        file.write("".join(f"{token}\n" for token in vocabulary))
+    """Writes a list of tokens as a `vocab.txt`, atomically."""
+    from kbert import files
+
+    files.write_text(path, "".join(f"{token}\n" for token in vocabulary))
 
 
 class _VocabularyLookup:
@@ -107,10 +122,7 @@ class _VocabularyLookup:
 
     def __init__(self, tokens):
         self.tokens = tokens
-        self.ids = {}
-        # Where a token appears twice, the first id wins.
-        for index, token in enumerate(tokens):
-            self.ids.setdefault(token, index)
+        self.ids = {token: index for index, token in enumerate(tokens)}
 
 
 class BertTokenizer(tf.Module):
@@ -144,6 +156,7 @@ class BertTokenizer(tf.Module):
         else:
             source = "the vocabulary"
             vocabulary = list(vocabulary)
+            check_unique_tokens(vocabulary, source)
         missing = [token for token in SPECIAL_TOKENS if token not in vocabulary]
         if missing:
             raise ValueError(

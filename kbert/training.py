@@ -487,7 +487,13 @@ def fit(
         def epoch_end_step(epoch):
             return min((epoch + 1) * steps_per_epoch, num_train_steps)
 
-        history_logger = HistoryLogger(output_dir, history, epoch_end_step, write=is_chief)
+        history_logger = HistoryLogger(
+            output_dir,
+            history,
+            epoch_end_step,
+            write=is_chief,
+            resumed_epoch=start_step // steps_per_epoch if start_step % steps_per_epoch else None,
+        )
         extra_callbacks = list(callbacks or [])
         if is_chief and _tensorboard_installed():
             extra_callbacks.append(
@@ -527,9 +533,11 @@ def fit(
             if backup_callback.non_finite_step is not None:
                 _stop_on_non_finite_loss(model, state, backup_callback)
         history = history_logger.history
-        if is_chief:
+        plot_path = os.path.join(output_dir, HISTORY_PLOT)
+        # A finished run that is run again trains nothing, so its logs stay as they are.
+        if is_chief and (start_step < num_train_steps or not os.path.isfile(plot_path)):
             write_history(history, output_dir)
-            plot_history(history, os.path.join(output_dir, HISTORY_PLOT))
+            plot_history(history, plot_path)
     return history
 
 

@@ -14,7 +14,7 @@ import warnings
 
 import keras
 
-from kbert import model_dir
+from kbert import files, model_dir
 
 PRETRAINING_TASK = "masked_lm"
 
@@ -357,8 +357,7 @@ def finetune(
             task=task_settings,
         )
         if metrics:
-            with open(os.path.join(output_dir, "metrics.json"), "w", encoding="utf-8") as file:
-                json.dump(metrics, file, indent=2)
+            files.write_json(os.path.join(output_dir, "metrics.json"), metrics)
     return history, metrics
 
 

@@ -42,3 +42,29 @@ def _fresh_keras_state():
     yield
     keras.config.set_dtype_policy("float32")
     keras.utils.clear_session()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """`small_disk(size)` mounts a tmpfs of `size` (e.g. "2m") and returns its path: a device
+    that really fills up. Tests that use it skip where mounting is not permitted."""
+    import subprocess
+
+    mounted = []
+
+    def mount(size):
+        path = tmp_path / f"disk{len(mounted)}"
+        path.mkdir()
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", os.fspath(path)],
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", "-l", os.fspath(path)], check=False)

@@ -88,6 +88,36 @@ def test_pretrain_writes_a_model_directory_with_logs_and_plot(pretrained):
     assert history["step"][-1] == 6
 
 
+def test_rerunning_a_finished_pretraining_rewrites_nothing(files, tmp_path):
+    import os
+
+    # A kill during a needless rewrite of the weights would leave a broken model directory.
+    output = tmp_path / "model"
+    argv = [
+        "pretrain", "--input", str(files / "corpus.txt"), "--vocab", str(files / "vocab.txt"),
+        "--steps", "4", "--steps-per-epoch", "2", "--output", str(output),
+        "--data-dir", str(files / "tfds"), *TINY_MODEL,
+    ]
+    assert cli.main(argv) == 0
+
+    def states():
+        return {
+            os.path.relpath(os.path.join(root, name), output): (
+                os.stat(os.path.join(root, name)).st_ino,
+                os.stat(os.path.join(root, name)).st_mtime_ns,
+            )
+            for root, _, names in os.walk(output)
+            for name in names
+        }
+
+    before = states()
+    import keras
+
+    keras.utils.clear_session()  # layer names as in a new process, where a rerun happens
+    assert cli.main(argv) == 0
+    assert states() == before
+
+
 def test_finetune_then_evaluate(files, pretrained, tmp_path, capsys):
     output = tmp_path / "classifier"
     code, out, err = run_kbert(

@@ -302,6 +302,43 @@ def test_pytorch_bin_needs_opt_in(tmp_path):
     )
 
 
+class _RunsCode:
+    """Unpickling this calls `print`: what a malicious pickle would do with worse functions."""
+
+    def __reduce__(self):
+        return (print, ("unpickled",))
+
+
+def test_a_pytorch_bin_holding_objects_is_refused_without_torch_advice(tmp_path, capsys):
+    reference = save_tiny(transformers.BertForMaskedLM, tmp_path / "hf")
+    os.remove(tmp_path / "hf" / "model.safetensors")
+    state = dict(reference.state_dict(), extra=_RunsCode())
+    torch.save(state, tmp_path / "hf" / "pytorch_model.bin")
+    capsys.readouterr()
+    code = cli.main(
+        ["convert", "--from", "huggingface", str(tmp_path / "hf"), "--output",
+         str(tmp_path / "kbert"), "--allow-pytorch-bin"]
+    )
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "unpickled" not in captured.out
+    assert captured.err.strip().splitlines() == [
+        f"kbert convert: error: {tmp_path / 'hf' / 'pytorch_model.bin'} holds Python objects "
+        "besides tensors (or is not a PyTorch checkpoint), which kbert will not unpickle"
+    ]
+    assert "weights_only" not in captured.err
+
+
+def test_a_vocabulary_with_duplicates_is_not_converted(tmp_path):
+    save_tiny(transformers.BertModel, tmp_path / "hf")
+    vocabulary_path = tmp_path / "hf" / "vocab.txt"
+    tokens = vocabulary_path.read_text().splitlines()
+    tokens[-1] = tokens[5]
+    vocabulary_path.write_text("\n".join(tokens) + "\n")
+    with pytest.raises(ValueError, match=f"line {len(tokens)}: the token .* is already on line 6"):
+        read_huggingface(tmp_path / "hf")
+
+
 def test_sharded_bfloat16_safetensors(tmp_path):
     reference = save_tiny(transformers.BertModel, tmp_path / "float32")
     reference.to(torch.bfloat16).save_pretrained(tmp_path / "hf", max_shard_size="4KB")

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 import kbert
-from kbert import deployment
+from kbert import deployment, files
 from test_export import write_model_dir
 
 
@@ -134,7 +134,7 @@ def test_a_broken_models_config_fails_before_exporting(model_dir, tmp_path):
 # Rewrites models.config for one model, many times.
 UPDATER = r"""
 import sys
-from kbert import deployment
+from kbert import deployment, files
 for _ in range(int(sys.argv[2])):
     deployment.update_model_config(sys.argv[1])
 """
@@ -159,7 +159,7 @@ def test_concurrent_rewrites_of_models_config_are_atomic_and_all_land(tmp_path):
     assert [updater.returncode for updater in updaters] == [0, 0, 0]
     assert reads > 0
     assert set(entries(read_model_config(path))) == {"first", "second", "third"}
-    assert [name for name in os.listdir(tmp_path) if name.startswith(".models.config.") and name != ".models.config.lock"] == []
+    assert [name for name in os.listdir(tmp_path) if name.startswith(files.TEMPORARY_PREFIX)] == []
 
 
 def test_warmup_requests_cover_every_signature_at_each_length_and_batch_size(model_dir, tmp_path):

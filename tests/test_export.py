@@ -8,6 +8,7 @@ enough that different texts get clearly different probabilities, so equality mea
 """
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -550,13 +551,98 @@ def test_an_export_killed_midway_leaves_no_version(classifier, tmp_path, step, c
     assert os.path.isfile(base_dir / leftover / "saved_model.pb")  # killed after writing
     assert versions(base_dir) == []
 
-    if step == "_publish":  # the next export is unaffected, and points at the leftover
+    if step == "_publish":
+        # The next export removes the killed one's leftover, but not that of a live export,
+        # nor one it cannot tell the owner of, and says so.
         from kbert.cli import main
+        from kbert.files import owner_tag
 
-        model_dir = os.fspath(classifier["model_dir"])
-        assert main(["export", "--model", model_dir, "--output", os.fspath(base_dir)]) == 0
+        sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        try:
+            running = f".incomplete-{sleeper.pid}@{owner_tag().partition('@')[2]}-next-abc"
+            os.makedirs(base_dir / running)
+            os.makedirs(base_dir / ".incomplete-next-old")
+            model_dir = os.fspath(classifier["model_dir"])
+            assert main(["export", "--model", model_dir, "--output", os.fspath(base_dir)]) == 0
+        finally:
+            sleeper.kill()
+            sleeper.wait()
         assert versions(base_dir) == [1]
-        assert "holds unfinished exports (killed, or still running)" in capsys.readouterr().out
+        assert sorted(os.listdir(base_dir)) == sorted(["1", running, ".incomplete-next-old"])
+        assert "holds unfinished exports of running processes" in capsys.readouterr().out
+
+
+@contextlib.contextmanager
+def deadline(seconds):
+    """Fails the test, rather than hang it, if the block runs longer than `seconds`."""
+    def expire(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_names_that_are_not_versions_never_block_the_next_one(classifier, tmp_path):
+    base_dir = tmp_path / "saved_models" / "sentiment"
+    os.makedirs(base_dir / "1")
+    (base_dir / "2").write_text("x\n")  # a plain file: no version, but the name is taken
+    os.makedirs(base_dir / "\u00b2")  # a digit to str.isdigit(), not to int() or TF Serving
+    os.makedirs(base_dir / "\u0663")
+    assert versions(base_dir) == [1]
+    with deadline(300):
+        version_dir = kbert.export(classifier["model_dir"], base_dir)
+    assert version_dir == os.path.join(base_dir, "3")
+    assert versions(base_dir) == [1, 3]
+    with pytest.raises(FileExistsError, match="Version 2 already exists"):
+        kbert.export(classifier["model_dir"], base_dir, version=2)
+    assert (base_dir / "2").read_text() == "x\n"
+
+
+def test_a_full_disk_during_an_export_is_one_line_and_leaves_no_version(
+    classifier, small_disk, capsys
+):
+    from kbert.cli import main
+
+    disk = small_disk("256k")
+    base_dir = disk / "sentiment"
+    code = main(["export", "--model", os.fspath(classifier["model_dir"]), "--output", os.fspath(base_dir)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"kbert export: error: Could not write the export into {base_dir}: ")
+    assert os.listdir(base_dir) == []
+
+
+def test_a_vocabulary_that_does_not_fit_the_model_is_not_exported(tmp_path):
+    write_model_dir(tmp_path / "model")
+    vocabulary_path = tmp_path / "model" / "vocab.txt"
+    with open(vocabulary_path, "a", encoding="utf-8") as file:
+        file.write("".join(f"added{index}\n" for index in range(5)))
+    with pytest.raises(ValueError) as error:
+        kbert.export(tmp_path / "model", tmp_path / "saved_models" / "model")
+    assert str(error.value).startswith(
+        f"{vocabulary_path} has {len(VOCABULARY) + 5} tokens but the model's vocabulary_size "
+        f"is {len(VOCABULARY)}"
+    )
+    assert versions(tmp_path / "saved_models" / "model") == []
+
+
+def test_a_vocabulary_outside_the_model_directory_is_not_exported(tmp_path):
+    write_model_dir(tmp_path / "model")
+    outside = tmp_path / "outside.txt"
+    shutil.copyfile(tmp_path / "model" / "vocab.txt", outside)
+    config_path = tmp_path / "model" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["tokenizer"]["vocabulary"] = os.fspath(outside)
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="names a vocabulary outside the model directory"):
+        kbert.export(tmp_path / "model", tmp_path / "saved_models" / "model")
+    assert versions(tmp_path / "saved_models" / "model") == []
 
 
 def test_exporting_a_backbone_fails_clearly(tmp_path):

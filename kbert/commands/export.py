@@ -89,8 +89,9 @@ def run(args):
     unfinished = sorted(name for name in os.listdir(base_dir) if name.startswith(INCOMPLETE_PREFIX))
     if unfinished:
         print(
-            f"Note: {base_dir} holds unfinished exports (killed, or still running), which model "
-            f"servers ignore; remove them once no export runs: {', '.join(unfinished)}"
+            f"Note: {base_dir} holds unfinished exports of running processes or of other "
+            f"hosts, which model servers ignore; remove them once no export runs: "
+            f"{', '.join(unfinished)}"
         )
     parent = os.path.dirname(base_dir)
     docker, native = deployment.server_commands(base_dir, args.serving_root)

@@ -8,11 +8,11 @@ checkpoints, computes exact GELU (see the README for the size of the difference)
 """
 
 import glob
-import json
 import os
 
 import numpy as np
 
+from kbert import files
 from kbert.convert import mapping
 
 CONFIG_FILE = "bert_config.json"
@@ -146,9 +146,11 @@ def to_google(model_directory, output, *, overwrite=False):
         shape_and_slices=[""] * len(names),
         tensors=[tf.constant(np.asarray(tensors[name], "float32")) for name in names],
     )
-    with open(os.path.join(output, CONFIG_FILE), "w", encoding="utf-8") as file:
-        json.dump(mapping.bert_json_config(getattr(model, "backbone", model)), file, indent=2)
-        file.write("\n")
-    with open(os.path.join(output, VOCABULARY_FILE), "w", encoding="utf-8") as file:
-        file.write("".join(f"{token}\n" for token in vocabulary))
+    files.write_json(
+        os.path.join(output, CONFIG_FILE),
+        mapping.bert_json_config(getattr(model, "backbone", model)),
+    )
+    files.write_text(
+        os.path.join(output, VOCABULARY_FILE), "".join(f"{token}\n" for token in vocabulary)
+    )
     return output

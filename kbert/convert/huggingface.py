@@ -7,12 +7,12 @@ Google names with dots, `layer.N` for `layer_N`, `weight` for `kernel` (stored t
 as (output, input)) and for LayerNorm's `gamma`, and `bias` for its `beta`.
 """
 
-import json
 import os
 import re
 
 import numpy as np
 
+from kbert import files
 from kbert.convert import mapping
 
 CONFIG_FILE = "config.json"
@@ -130,9 +130,29 @@ def _read_weights(directory, allow_pytorch_bin):
                 f"{directory} has only {PYTORCH_FILE}, a pickle; pass --allow-pytorch-bin "
                 "(allow_pytorch_bin=True in Python) to read it with torch.load(weights_only=True)"
             )
+        import pickle
+
         import torch
 
-        state_dict = torch.load(pytorch_path, map_location="cpu", weights_only=True)
+        # torch's own message suggests weights_only=False, which would run the pickle's code.
+        try:
+            state_dict = torch.load(pytorch_path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise mapping.ConversionError(
+                f"{pytorch_path} holds Python objects besides tensors (or is not a PyTorch "
+                "checkpoint), which kbert will not unpickle"
+            ) from None
+        except (RuntimeError, EOFError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else "truncated"
+            raise mapping.ConversionError(
+                f"{pytorch_path} is not a readable PyTorch checkpoint: {reason}"
+            ) from None
+        if not isinstance(state_dict, dict) or not all(
+            isinstance(value, torch.Tensor) for value in state_dict.values()
+        ):
+            raise mapping.ConversionError(
+                f"{pytorch_path} does not hold a dict of tensors (a state dict)"
+            )
         return {
             key: value.float().numpy() if value.is_floating_point() else value.numpy()
             for key, value in state_dict.items()
@@ -359,11 +379,11 @@ def to_huggingface(model_directory, output, *, overwrite=False):
     }
 
     mapping.prepare_output(output, overwrite)
-    save_file(tensors, os.path.join(output, SAFETENSORS_FILE), metadata={"format": "pt"})
+    with files.atomic_path(os.path.join(output, SAFETENSORS_FILE)) as temporary_path:
+        save_file(tensors, temporary_path, metadata={"format": "pt"})
     for file_name, value in ((CONFIG_FILE, config), (TOKENIZER_CONFIG_FILE, tokenizer_config)):
-        with open(os.path.join(output, file_name), "w", encoding="utf-8") as file:
-            json.dump(value, file, indent=2)
-            file.write("\n")
-    with open(os.path.join(output, VOCABULARY_FILE), "w", encoding="utf-8") as file:
-        file.write("".join(f"{token}\n" for token in vocabulary))
+        files.write_json(os.path.join(output, file_name), value)
+    files.write_text(
+        os.path.join(output, VOCABULARY_FILE), "".join(f"{token}\n" for token in vocabulary)
+    )
     return output

@@ -495,10 +495,9 @@ def read_json(path):
 
 
 def read_vocabulary(path):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Vocabulary file not found: {path}")
-    with open(path, encoding="utf-8") as file:
-        return [line.rstrip("\r\n") for line in file]
+    from kbert.tokenizer import read_vocabulary
+
+    return read_vocabulary(path)
 
 
 def check_vocabulary(vocabulary, vocabulary_size, path):
