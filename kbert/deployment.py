@@ -9,8 +9,6 @@ model server's configuration files and the commands that start it.
   serving), for `--model_config_file` and `--batching_parameters_file`.
 """
 
-import contextlib
-import fcntl
 import os
 
 from kbert import files
@@ -162,7 +160,7 @@ def update_model_config(base_dir, keep_versions=1, serving_root=DEFAULT_SERVING_
     base_dir = os.path.abspath(base_dir)
     parent, name = os.path.split(base_dir.rstrip(os.sep))
     path = os.path.join(parent, MODEL_CONFIG_FILE)
-    with _locked(os.path.join(parent, f".{MODEL_CONFIG_FILE}.lock")):
+    with files.locked(os.path.join(parent, f".{MODEL_CONFIG_FILE}.lock")):
         config = read_model_config(base_dir)
         entries = config.model_config_list.config
         entry = next((entry for entry in entries if entry.name == name), None) or entries.add()
@@ -235,13 +233,3 @@ def server_commands(base_dir, serving_root=DEFAULT_SERVING_ROOT):
         f"docker run -p 8500:8500 -p 8501:8501 -v {parent}:{root} {DOCKER_IMAGE} {flags}",
         f"tensorflow_model_server --port=8500 --rest_api_port=8501 {flags}",
     ]
-
-
-@contextlib.contextmanager
-def _locked(path):
-    with open(path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)

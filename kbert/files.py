@@ -12,6 +12,7 @@ processes can be told from files that a live process is still writing
 
 import contextlib
 import errno
+import fcntl
 import filecmp
 import json
 import os
@@ -65,6 +66,19 @@ def atomic_path(path, expected_size=None):
         ):
             raise write_error(path, error) from None
         raise
+
+
+@contextlib.contextmanager
+def locked(path):
+    """Holds an exclusive lock on the file `path` (created if missing) for the block.
+
+    The lock is released when the block ends, and also when the process dies, since it goes
+    with the open file.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        yield
 
 
 def write_bytes(path, data):

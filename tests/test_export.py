@@ -141,6 +141,31 @@ def write_model_dir(directory, kind="classifier", text_pair=False, num_classes=3
     return model
 
 
+# Every kind of model kbert exports, as `write_model_dir` options.
+MODEL_KINDS = {
+    "classifier": dict(kind="classifier"),
+    "pair classifier": dict(kind="classifier", text_pair=True, num_classes=2, seed=1),
+    "regression": dict(kind="classifier", num_classes=1, seed=3),
+    "masked LM": dict(kind="masked_lm", seed=2),
+}
+
+
+def export_every_kind(root, **export_options):
+    """Writes and exports a tiny model of each kind under `root`.
+
+    Returns:
+        `{kind: {"model", "model_dir", "export"}}`, the Keras model, its model directory
+        and its version directory.
+    """
+    exported = {}
+    for name, options in MODEL_KINDS.items():
+        model_dir = root / name.replace(" ", "_")
+        model = write_model_dir(model_dir, **options)
+        export_dir = kbert.export(model_dir, root / "saved_models" / model_dir.name, **export_options)
+        exported[name] = {"model": model, "model_dir": model_dir, "export": export_dir}
+    return exported
+
+
 def reference_inputs(model_dir, texts, text_pairs=None):
     """The model inputs kbert's own preprocessing gives, as NumPy arrays."""
     import tensorflow as tf

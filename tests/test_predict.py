@@ -141,6 +141,13 @@ def test_regression_models_serve_a_score(tmp_path, capsys):
     _, rows, _ = predict(["--model", os.fspath(tmp_path / "model"), *texts], capsys)
     np.testing.assert_allclose([row["score"] for row in rows], expected, atol=1e-5)
 
+    # A one-input signature's instance is its value, {"b64": ...} included.
+    encoded = [{"b64": base64.b64encode(text.encode()).decode()} for text in texts]
+    np.testing.assert_allclose(server.respond({"instances": encoded})["predictions"], expected, atol=1e-5)
+    # Two texts per instance are not one text each: refused, not flattened into four.
+    with pytest.raises(ValueError, match=r"Expected input text of shape \(None,\).*\(2, 2\)"):
+        server.respond({"instances": [["the cat", "sat"], ["a bad", "film"]]})
+
 
 def test_masked_lm_predictions_lose_padded_masks(tmp_path, capsys):
     write_model_dir(tmp_path / "model", kind="masked_lm", seed=5)

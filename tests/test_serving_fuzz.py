@@ -17,10 +17,9 @@ import sys
 import numpy as np
 import pytest
 
-import kbert
-from test_export import VOCABULARY, example, write_model_dir
+from test_export import MODEL_KINDS, VOCABULARY, example, export_every_kind
 
-NUM_REQUESTS = 240
+NUM_REQUESTS = 160
 SEED = 20261201
 
 # Generates request `index` of a kind from the seed, runs it, and prints one JSON line
@@ -218,22 +217,11 @@ def fuzz(export_dir, kind):
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fuzz")
-    kinds = {
-        "classifier": dict(kind="classifier"),
-        "pair classifier": dict(kind="classifier", text_pair=True, num_classes=2, seed=1),
-        "regression": dict(kind="classifier", num_classes=1, seed=3),
-        "masked LM": dict(kind="masked_lm", seed=2),
-    }
-    exported = {}
-    for name, options in kinds.items():
-        model_dir = root / name.replace(" ", "_")
-        write_model_dir(model_dir, **options)
-        exported[name] = kbert.export(model_dir, root / "saved_models" / model_dir.name)
-    return exported
+    exported = export_every_kind(tmp_path_factory.mktemp("fuzz"))
+    return {kind: entry["export"] for kind, entry in exported.items()}
 
 
-@pytest.mark.parametrize("kind", ["classifier", "pair classifier", "regression", "masked LM"])
+@pytest.mark.parametrize("kind", list(MODEL_KINDS))
 def test_hostile_requests_are_answered_or_refused_and_never_crash(exports, kind):
     results, crashes = fuzz(exports[kind], kind)
     assert not crashes, {

@@ -17,18 +17,18 @@ import sys
 import numpy as np
 import pytest
 
-import kbert
 from kbert import serving_releases
+import test_export
 from test_export import (
     BAD_TEXTS,
     LABEL_NAMES,
     ORDINARY_TEXTS,
     _bytes,
     example,
+    export_every_kind,
     reference_inputs,
     serve_like_tensorflow_serving,
     strings,
-    write_model_dir,
 )
 
 pytestmark = pytest.mark.slow
@@ -96,20 +96,7 @@ def runtime(request):
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     """Every kind of model kbert exports, exported once, with the Keras model's answers."""
-    root = tmp_path_factory.mktemp("runtimes")
-    kinds = {
-        "classifier": dict(kind="classifier"),
-        "pair classifier": dict(kind="classifier", text_pair=True, num_classes=2, seed=1),
-        "regression": dict(kind="classifier", num_classes=1, seed=3),
-        "masked LM": dict(kind="masked_lm", seed=2),
-    }
-    exported = {}
-    for name, options in kinds.items():
-        model_dir = root / name.replace(" ", "_")
-        model = write_model_dir(model_dir, **options)
-        export_dir = kbert.export(model_dir, root / "saved_models" / model_dir.name, top_k=3)
-        exported[name] = {"model": model, "model_dir": model_dir, "export": export_dir}
-    return exported
+    return export_every_kind(tmp_path_factory.mktemp("runtimes"), top_k=3)
 
 
 def keras_outputs(exported, texts, text_pairs=None):
@@ -232,7 +219,7 @@ def test_masked_lm_serves_in_the_release_runtime_as_in_keras(runtime, exports):
     assert_finite_answers({name: responses[name] for name in bad}, [1, 1, 1, 0, 1024])
 
 
-@pytest.mark.parametrize("kind", ["classifier", "pair classifier", "regression", "masked LM"])
+@pytest.mark.parametrize("kind", list(test_export.MODEL_KINDS))
 def test_warmup_requests_replay_in_the_release_runtime(runtime, exports, kind):
     release, python = runtime
     export_dir = exports[kind]["export"]

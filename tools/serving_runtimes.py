@@ -13,15 +13,13 @@ loaded there meets what the server would. Environments are cached under
 """
 
 import argparse
-import contextlib
-import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
 
-from kbert import serving_releases
+from kbert import files, serving_releases
 
 # Run inside an environment: the ops registered by TensorFlow alone, then with TF Text.
 _DUMP_OPS = r"""
@@ -94,7 +92,7 @@ def ensure_environment(name, with_text=True, quiet=True):
     if os.path.isfile(python_of(directory)):
         return python_of(directory)
     os.makedirs(cache_dir(), exist_ok=True)
-    with _locked(directory + ".lock"):
+    with files.locked(directory + ".lock"):
         if os.path.isfile(python_of(directory)):
             return python_of(directory)
         partial = directory + ".partial"
@@ -115,16 +113,6 @@ def ensure_environment(name, with_text=True, quiet=True):
         finally:
             shutil.rmtree(partial, ignore_errors=True)
     return python_of(directory)
-
-
-@contextlib.contextmanager
-def _locked(path):
-    with open(path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def dump_ops(python, with_text):

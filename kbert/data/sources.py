@@ -14,7 +14,6 @@ label)` examples for classification.
 """
 
 import dataclasses
-import fcntl
 import logging
 import os
 import re
@@ -55,10 +54,9 @@ def _prepare_local(builder):
     it and the others then find it prepared. The lock is released when its file is closed,
     also when the process dies.
     """
-    lock_path = f"{builder.data_dir}.lock"
-    os.makedirs(os.path.dirname(lock_path), exist_ok=True)
-    with open(lock_path, "a") as lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
+    from kbert.files import locked
+
+    with locked(f"{builder.data_dir}.lock"):
         if builder.data_path.exists():
             # Prepared by another process since this builder was made: a new builder reads
             # the dataset's info from disk.
