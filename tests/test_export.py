@@ -348,6 +348,26 @@ def test_bad_input_never_fails_and_gives_probabilities(classifier_served):
     assert refused["error"] == "InvalidArgument" and "text" in refused["message"]
 
 
+def test_token_ids_longer_than_the_model_reads_are_truncated_not_refused(classifier):
+    inputs = reference_inputs(classifier["model_dir"], ORDINARY_TEXTS)
+    rng = np.random.default_rng(0)
+    extra = rng.integers(5, len(VOCABULARY), size=(len(ORDINARY_TEXTS), 24))
+    long_inputs = {
+        "token_ids": np.concatenate([inputs["token_ids"], extra], axis=1),
+        "segment_ids": np.concatenate([inputs["segment_ids"], np.zeros_like(extra)], axis=1),
+        "padding_mask": np.concatenate([inputs["padding_mask"], np.ones_like(extra)], axis=1),
+    }
+    assert long_inputs["token_ids"].shape[1] == 40  # the model has 32 positions
+    (served,) = serve_like_tensorflow_serving(
+        classifier["export"],
+        [{"signature": "serve_token_ids", "inputs": {k: v.tolist() for k, v in long_inputs.items()}}],
+    )
+    expected = reference_probabilities(
+        classifier["model"], {name: value[:, :32] for name, value in long_inputs.items()}
+    )
+    np.testing.assert_allclose(served["outputs"]["probabilities"], expected, atol=1e-5)
+
+
 def test_masked_lm_fill_mask_served_as_tensorflow_serving_serves_it(tmp_path):
     from kbert.commands.predict import _KerasPredictor
 
