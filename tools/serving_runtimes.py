@@ -146,23 +146,26 @@ def write_registries(names=None):
         core_ops = dumped["core"]
         release_text_ops = text_ops[release.tensorflow_text]
         path = serving_releases.registry_path(name)
+        header = {
+            "release": release.name,
+            "tensorflow": release.tensorflow,
+            "tensorflow_text": release.tensorflow_text,
+            "written_by": "python -m tools.serving_runtimes write-registries",
+        }
         with open(path + ".tmp", "w", encoding="utf-8") as file:
-            json.dump(
-                {
-                    "release": release.name,
-                    "tensorflow": release.tensorflow,
-                    "tensorflow_text": release.tensorflow_text,
-                    "written_by": "python -m tools.serving_runtimes write-registries",
-                    "tensorflow_ops": dict(sorted(core_ops.items())),
-                    "tensorflow_text_ops": dict(sorted(release_text_ops.items())),
-                },
-                file,
-                indent=0,
-                sort_keys=False,
-            )
-            file.write("\n")
+            file.write(_registry_json(header, core_ops, release_text_ops))
         os.replace(path + ".tmp", path)
         print(f"{path}: {len(core_ops)} + {len(release_text_ops)} ops (tensorflow-cpu {release.tensorflow}, tensorflow-text {release.tensorflow_text})")
+
+
+def _registry_json(header, core_ops, text_ops):
+    """The registry as JSON with one op a line, so that a new release reads as a short diff."""
+    lines = [json.dumps(header)[:-1] + ","]
+    for key, ops in (("tensorflow_ops", core_ops), ("tensorflow_text_ops", text_ops)):
+        entries = [f"  {json.dumps(name)}: {json.dumps(attributes)}" for name, attributes in sorted(ops.items())]
+        lines.append(f'"{key}": {{\n' + ",\n".join(entries) + "\n},")
+    lines[-1] = lines[-1][:-1]
+    return "\n".join(lines) + "\n}\n"
 
 
 def main(argv=None):
