@@ -30,9 +30,9 @@ QUICK = {
 }
 BENCHMARKS = ("pretraining", "finetuning", "serving", "data_pipelines")
 FULL = {
-    # Eight rounds for pretraining: a process's steps can run 10 to 15% slow for seconds at
-    # a time (kbert's and keras-hub's alike, not at the same moments), and with five rounds
-    # one such spell moved the median of either by several percent.
+    # Eight rounds for pretraining: a process's steps can run slow for seconds at a time
+    # (kbert's and keras-hub's alike, not at the same moments), and with fewer rounds one
+    # such spell moves the median of either.
     "pretraining": {"rounds": 8, "steps": 10},
     "finetuning": {"rounds": 5, "steps": 20},
     "serving": {"rounds": 5, "requests": 200, "batches": 8},
