@@ -486,7 +486,7 @@ class MaskedLMHead(keras.layers.Layer):
         # mixed_bfloat16, as every other matmul does; the logits are float32 from here on.
         # One 2-D matmul over all predictions of the batch: as a batched matmul against the
         # shared embedding, the embedding's gradient would be a (batch, vocabulary, hidden)
-        # tensor summed over the batch, a large share of a small model's training step.
+        # tensor summed over the batch afterwards.
         embeddings = ops.cast(self.token_embedding.embeddings, self.compute_dtype)
         batch_size, num_predictions, hidden_dim = ops.shape(hidden)
         flat = ops.reshape(ops.cast(hidden, self.compute_dtype), (-1, hidden_dim))
