@@ -7,7 +7,7 @@ TensorFlow profiler, writes the trace to `--logdir` (open it with TensorBoard's 
 plugin) and, where `xprof` is installed (`pip install xprof`), prints the self time of the
 op types and of the model's parts (each encoder sub-layer summed over layers, the masked-LM
 head, the loss, the optimizer) as shares of the busy time. This is how the masked-LM head's
-batch-summed embedding gradient (6% of a `mini` step) showed up.
+batch-summed embedding gradient showed up.
 """
 
 import argparse

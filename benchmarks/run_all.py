@@ -7,7 +7,8 @@ data_pipelines.py in turn, each measuring its contenders in alternation (medians
 prints each benchmark's table as it finishes, then a summary: the machine's matmul peaks, each
 kbert figure next to its peer with the ratio and the speed target it is held to, and kbert's
 model FLOP utilisation for every training figure. Writes everything to
-benchmarks/results/all.json. `--quick` measures fewer rounds and steps (about 10 minutes on an
+benchmarks/results/all.json and the summary, with the date, machine, command and settings,
+to benchmarks/RESULTS.md, the one file the docs quote. `--quick` measures fewer rounds and steps (about 10 minutes on an
 idle 2-core machine); its figures are noisier.
 """
 
@@ -16,6 +17,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -30,9 +32,9 @@ QUICK = {
 }
 BENCHMARKS = ("pretraining", "finetuning", "serving", "data_pipelines")
 FULL = {
-    # Eight rounds for pretraining: a process's steps can run 10 to 15% slow for seconds at
-    # a time (kbert's and keras-hub's alike, not at the same moments), and with five rounds
-    # one such spell moved the median of either by several percent.
+    # Eight rounds for pretraining: a process's steps can run slow for seconds at a time
+    # (kbert's and keras-hub's alike, not at the same moments), and with fewer rounds one
+    # such spell moves the median of either.
     "pretraining": {"rounds": 8, "steps": 10},
     "finetuning": {"rounds": 5, "steps": 20},
     "serving": {"rounds": 5, "requests": 200, "batches": 8},
@@ -142,6 +144,52 @@ def summarize(report):
     return peaks, rows
 
 
+SUMMARY_COLUMNS = (
+    ("kbert", "kbert"), ("kbert figure", "kbert_figure"), ("peer", "peer"),
+    ("peer figure", "peer_figure"), ("ratio", "ratio"), ("target", "target"),
+    ("met", "met"), ("kbert MFU", "mfu"),
+)
+
+
+def results_markdown(report, command):
+    """benchmarks/RESULTS.md for one run: when, where, how, and the summary table it printed."""
+    machine = report["machine"]
+    settings = "; ".join(
+        f"{name}: " + ", ".join(f"{key} {value}" for key, value in options.items())
+        for name, options in report["settings"].items()
+        if name in report
+    )
+    peaks = ", ".join(
+        f"{precision} {peak:.0f} GFLOP/s" for precision, peak in report["matmul_peak_gflops"].items()
+    )
+    lines = [
+        "# Benchmark results",
+        "",
+        "Written by `benchmarks/run_all.py` at the end of its run; the next run replaces this file.",
+        "Every figure of the run is in `benchmarks/results/all.json` (not kept in git).",
+        "",
+        f"- command: `{command}`",
+        f"- started: {report['started']}",
+        f"- machine: {machine['cpu_count']} CPU cores, {machine['processor'] or 'processor unknown'}, "
+        f"{machine['system']}",
+        f"- model size: {report['size']}; {'quick' if report['quick'] else 'full'} settings: {settings}",
+        f"- matmul peak measured in the run: {peaks or 'not measured'}",
+        "",
+        "| benchmark | " + " | ".join(label for label, _ in SUMMARY_COLUMNS) + " |",
+        "|---" * (len(SUMMARY_COLUMNS) + 1) + "|",
+    ]
+    for row in report["summary"]:
+        cells = [row["name"]] + [harness.format_figure(row.get(key)) for _, key in SUMMARY_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(path, report, command):
+    with open(path, "w", encoding="utf-8") as file:
+        file.write(results_markdown(report, command))
+    print(f"wrote {path}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and steps")
@@ -151,12 +199,17 @@ def main():
         help="run these benchmarks only (default: all)",
     )
     parser.add_argument("--output", default=os.path.join(harness.BENCHMARKS_DIR, "results", "all.json"))
+    parser.add_argument(
+        "--results", default=os.path.join(harness.BENCHMARKS_DIR, "RESULTS.md"),
+        help="the summary as markdown (default: benchmarks/RESULTS.md)",
+    )
     args = parser.parse_args()
     settings = QUICK if args.quick else FULL
     report = {
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor(), "system": platform.platform()},
         "quick": args.quick,
+        "size": args.size,
         "settings": settings,
     }
     runners = {
@@ -183,14 +236,9 @@ def main():
     report["summary"] = rows
     print("\n== summary ==")
     print("matmul peak: " + ", ".join(f"{precision} {peak:.0f} GFLOP/s" for precision, peak in peaks.items()))
-    harness.print_table(
-        "benchmark",
-        rows,
-        [("kbert", "kbert"), ("kbert figure", "kbert_figure"), ("peer", "peer"),
-         ("peer figure", "peer_figure"), ("ratio", "ratio"), ("target", "target"),
-         ("met", "met"), ("kbert MFU", "mfu")],
-    )
+    harness.print_table("benchmark", rows, SUMMARY_COLUMNS)
     harness.write_json(args.output, report)
+    write_results(args.results, report, shlex.join(["python", "-m", "benchmarks.run_all", *sys.argv[1:]]))
 
 
 if __name__ == "__main__":

@@ -67,8 +67,7 @@ def xla_function_with_recomputed_gradient(function):
 def _matmul_transposed(a, b):
     """`a @ b.T`. On TensorFlow as one matmul with `transpose_b`: through `ops.transpose`,
     the backward pass transposes the (vocabulary, hidden) gradient of the tied embedding
-    with an op of its own. In bfloat16, the masked-LM projection's forward and backward
-    took 70 ms on two CPU cores this way, against 83 ms with the transpose."""
+    with an op of its own, which `transpose_b` spares."""
     if keras.config.backend() == "tensorflow":
         import tensorflow as tf
 
@@ -87,11 +86,10 @@ class _Float32Bias:
 
     An activation (the feed-forward layer's GELU) runs in float32 after the bias. In
     training on TensorFlow, the cast, the bias and the activation run as one XLA function
-    (`xla_function`): in a `mini` masked-LM step under mixed_bfloat16 that was 2.4% faster
-    (8,803 against 8,597 tokens/s, medians of 6 alternating runs). Their gradient, the
-    bias's included, is a second XLA function that recomputes them from the product and
-    the bias (`xla_function_with_recomputed_gradient`): 2.8% faster again in bfloat16 and
-    2.1% in float32 (median ratios of 8 alternating rounds).
+    (`xla_function`), one pass over the activation instead of one per op. Their gradient,
+    the bias's included, is a second XLA function that recomputes them from the product and
+    the bias (`xla_function_with_recomputed_gradient`), where TensorFlow's own gradient would
+    keep the GELU's float32 input and sum the bias op by op.
 
     `float32_output=False` casts the output to the compute dtype at the end, for a layer
     whose only consumer is a matmul that would cast it anyway (the feed-forward layer's
@@ -194,9 +192,8 @@ class Dropout(keras.layers.Dropout):
     the elements. This one draws 16 random bits per element (two per 32-bit Philox output)
     and keeps an element where they reach `round(rate * 65536)`, so the rate is exact to
     1e-5 in every dtype, and scales kept elements by the inverse of that keep probability.
-    In the profile of a `mini` masked-LM training step in bfloat16, drawing the random
-    numbers fell from 9.5% of the busy time to 4.0%. Other backends, and a `noise_shape`,
-    use Keras' dropout.
+    Half a 32-bit draw per element costs less than Keras' float draw, which stood out in the
+    profile of a training step. Other backends, and a `noise_shape`, use Keras' dropout.
     """
 
     def call(self, inputs, training=False):
@@ -220,8 +217,7 @@ def _tensorflow_dropout(inputs, rate, seed):
     keep = tf.reshape(halves[:size] >= threshold, tf.shape(inputs))
     scale = tf.cast(65536 / (65536 - threshold), inputs.dtype)
     # One mask of scales, multiplied in forward and backward: a select of the scaled inputs
-    # would cost a select and a multiply each way (forward and backward of a bfloat16
-    # attention-probability dropout on a `mini` batch: 3.7 ms against 4.9 ms).
+    # would cost a select and a multiply each way.
     return inputs * tf.where(keep, scale, tf.zeros((), inputs.dtype))
 
 
@@ -490,7 +486,7 @@ class MaskedLMHead(keras.layers.Layer):
         # mixed_bfloat16, as every other matmul does; the logits are float32 from here on.
         # One 2-D matmul over all predictions of the batch: as a batched matmul against the
         # shared embedding, the embedding's gradient would be a (batch, vocabulary, hidden)
-        # tensor summed over the batch (measured at 6% of a `mini` training step).
+        # tensor summed over the batch afterwards.
         embeddings = ops.cast(self.token_embedding.embeddings, self.compute_dtype)
         batch_size, num_predictions, hidden_dim = ops.shape(hidden)
         flat = ops.reshape(ops.cast(hidden, self.compute_dtype), (-1, hidden_dim))
@@ -500,8 +496,7 @@ class MaskedLMHead(keras.layers.Layer):
         mixed = self.compute_dtype != "float32"
         if training and mixed and keras.config.backend() == "tensorflow":
             # The cast and the bias as one pass over the logits, and their gradients as
-            # one: forward and backward over a `mini` batch's (640, 30,522) bfloat16
-            # logits took 12.0 ms against 15.4 ms op by op. (In float32 there is no cast,
+            # one, instead of a pass over the logits per op. (In float32 there is no cast,
             # and the function's gradient would copy the logits' gradient.)
             if self._xla_output is None:
                 self._xla_output = xla_function_with_recomputed_gradient(_add_float32_bias)

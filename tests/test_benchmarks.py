@@ -77,3 +77,63 @@ def test_fine_tuning_clock_counts_the_examples_of_uneven_batches():
     # A second `fit` starts its marks afresh, its count from the new epoch's first batch.
     model.fit(dataset.take(2), epochs=1, verbose=0, callbacks=[clock])
     assert [count for _, count in clock.marks] == [4, 5]
+
+
+def test_results_markdown_is_the_summary_table_with_when_where_and_how():
+    from benchmarks import run_all
+
+    report = {
+        "started": "2025-01-02T03:04:05+00:00",
+        "machine": {"cpu_count": 2, "processor": "x86_64", "system": "Linux-6.1"},
+        "quick": False,
+        "size": "mini",
+        "settings": {"pretraining": {"rounds": 8, "steps": 10}, "serving": {"rounds": 5, "requests": 200}},
+        "pretraining": {},  # ran; serving did not, so its settings are left out
+        "matmul_peak_gflops": {"float32": 221.4, "mixed_bfloat16": 404.0},
+        "summary": [
+            run_all._row("pretraining float32, tokens/s", "kbert (tensorflow)", "keras-hub (tensorflow)",
+                         6298.0, 4537.0, 1.2, mfu=0.8),
+            run_all._row("serving, batch-1 p50 ms", "kbert", "keras-hub", 4.36, 10.1, 0.8,
+                         higher_is_better=False),
+            run_all._row("serving, batch-64 texts/s", "kbert", "keras-hub", 495.0, 167.0, None),
+        ],
+    }
+    assert run_all.results_markdown(report, "python -m benchmarks.run_all --only pretraining") == (
+        "# Benchmark results\n"
+        "\n"
+        "Written by `benchmarks/run_all.py` at the end of its run; the next run replaces this file.\n"
+        "Every figure of the run is in `benchmarks/results/all.json` (not kept in git).\n"
+        "\n"
+        "- command: `python -m benchmarks.run_all --only pretraining`\n"
+        "- started: 2025-01-02T03:04:05+00:00\n"
+        "- machine: 2 CPU cores, x86_64, Linux-6.1\n"
+        "- model size: mini; full settings: pretraining: rounds 8, steps 10\n"
+        "- matmul peak measured in the run: float32 221 GFLOP/s, mixed_bfloat16 404 GFLOP/s\n"
+        "\n"
+        "| benchmark | kbert | kbert figure | peer | peer figure | ratio | target | met | kbert MFU |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
+        "| pretraining float32, tokens/s | kbert (tensorflow) | 6,298 | keras-hub (tensorflow) | 4,537 "
+        "| 1.39 | >= 1.2 | yes | 0.8 |\n"
+        "| serving, batch-1 p50 ms | kbert | 4.36 | keras-hub | 10.1 | 0.432 | <= 0.8 | yes | - |\n"
+        "| serving, batch-64 texts/s | kbert | 495 | keras-hub | 167 | 2.96 | - | - | - |\n"
+    )
+
+
+def test_results_file_is_written_where_asked(tmp_path):
+    from benchmarks import run_all
+
+    report = {
+        "started": "2025-01-02T03:04:05+00:00",
+        "machine": {"cpu_count": 2, "processor": "", "system": "Linux"},
+        "quick": True,
+        "size": "tiny",
+        "settings": {},
+        "matmul_peak_gflops": {},
+        "summary": [],
+    }
+    path = tmp_path / "RESULTS.md"
+    run_all.write_results(str(path), report, "python -m benchmarks.run_all --quick")
+    text = path.read_text(encoding="utf-8")
+    assert "- machine: 2 CPU cores, processor unknown, Linux\n" in text
+    assert "- matmul peak measured in the run: not measured\n" in text
+    assert text.endswith("|---|---|---|---|---|---|---|---|---|\n")

@@ -2,7 +2,7 @@
 
 The checkpoints here are written the way the original code wrote them, with
 `tf.compat.v1.train.Saver` and the original variable names, from Hugging Face weights
-renamed by hand (the rule in the README), so that the converter is checked against an
+renamed by hand (the rule in docs/conversion.md), so that the converter is checked against an
 independent statement of the mapping.
 """
 
@@ -34,7 +34,7 @@ TINY_VOCABULARY = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{index}" 
 
 
 def google_name(huggingface_name):
-    """The original variable name and whether the array is transposed, by the README's rule."""
+    """The original variable name and whether the array is transposed, by the rule of docs/conversion.md."""
     special = {
         "cls.predictions.bias": "cls/predictions/output_bias",
         "cls.seq_relationship.weight": "cls/seq_relationship/output_weights",

@@ -20,7 +20,7 @@ from kbert.convert import ConversionError, from_huggingface, from_keras_hub, rea
 
 keras_hub = pytest.importorskip("keras_hub")
 
-# The documented tanh-GELU difference (README), measured on all-MiniLM-L6-v2: at most about
+# The documented tanh-GELU difference (docs/conversion.md), measured on all-MiniLM-L6-v2: at most about
 # 1e-2 in sequence_output at real tokens and 3e-4 in pooled_output.
 GELU_SEQUENCE_TOLERANCE = 2e-2
 GELU_POOLED_TOLERANCE = 1e-3

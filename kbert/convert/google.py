@@ -4,7 +4,7 @@ A Google directory holds `bert_config.json`, `vocab.txt` and a TF checkpoint
 (`bert_model.ckpt.index`, `bert_model.ckpt.data-*`) whose variable names are the canonical
 names of `kbert.convert.mapping`, with the same shapes. The original code computes GELU
 with the tanh approximation; kbert, like Hugging Face's converted copies of these
-checkpoints, computes exact GELU (see the README for the size of the difference).
+checkpoints, computes exact GELU (docs/conversion.md gives the size of the difference).
 """
 
 import glob

@@ -6,7 +6,7 @@ A keras-hub preset directory holds `config.json` (a serialized
 `BertMaskedLM` or `BertTextClassifier`. keras-hub reads and writes them itself; this
 module maps the variables of its model onto kbert's, which have the same shapes.
 
-Two numerical differences remain, both documented in the README: keras-hub's BERT computes
+Two numerical differences remain, both documented in docs/conversion.md: keras-hub's BERT computes
 GELU with the tanh approximation (kbert, like the original paper's definition and Hugging
 Face, exactly), and its masked-LM head normalises with LayerNorm epsilon 1e-5 (kbert 1e-12).
 """

@@ -78,9 +78,8 @@ def without_autotuning(dataset):
     With autotuning on, deleting an iterator that Keras has used waits for tf.data's
     autotuning thread to wake up, and that thread sleeps ever longer (10 ms, then twice as
     long each time, up to a minute). Keras deletes an iterator at the end of every `fit` and
-    `evaluate` and at every epoch of a dataset without `steps_per_epoch`: three epochs of
-    fine-tuning a `mini` on SST-2's dev set took 45.4 s with autotuning against 36.1 s
-    without it, 9.9 s of which was the wait before the second epoch. Maps marked `AUTOTUNE`
+    `evaluate` and at every epoch of a dataset without `steps_per_epoch`, so a run would
+    wait longer at each of them (docs/data.md). Maps marked `AUTOTUNE`
     then run as many calls at once as there are cores (at most 16).
     """
     options = tf.data.Options()
