@@ -77,14 +77,21 @@ class BertMaskedLM(FunctionalModel):
 
     @property
     def trainable_weights(self):
-        # What the TensorFlow and PyTorch trainers differentiate. Without the next-sentence
-        # head no output depends on the pooler, which keeps its weights (and its optimizer
-        # slots, built from `trainable_variables`) but has no gradient to ask for.
-        weights = super().trainable_weights
+        return self._without_unused_pooler(super().trainable_weights)
+
+    @property
+    def trainable_variables(self):
+        # The optimizer's slots are built from these, and a resumed run rebuilds them from
+        # the same list: both leave the pooler out alike.
+        return self._without_unused_pooler(super().trainable_variables)
+
+    def _without_unused_pooler(self, variables):
+        # Without the next-sentence head no output depends on the pooler: it keeps the
+        # weights it was built or loaded with, instead of asking for a gradient it cannot have.
         if self.next_sentence_head is not None:
-            return weights
+            return variables
         pooler = {id(weight) for weight in self.backbone.pooled_dense.weights}
-        return [weight for weight in weights if id(weight) not in pooler]
+        return [variable for variable in variables if id(variable) not in pooler]
 
     def compile(self, optimizer="auto", loss="auto", weighted_metrics="auto", **kwargs):
         """Compiles with BERT defaults where an argument is "auto".
