@@ -59,25 +59,63 @@ class BertBackbone(FunctionalModel):
         dtype=None,
         **kwargs,
     ):
-        for name, value in (
-            ("vocabulary_size", vocabulary_size),
-            ("num_layers", num_layers),
-            ("num_heads", num_heads),
-            ("hidden_dim", hidden_dim),
-            ("intermediate_dim", intermediate_dim),
-            ("max_sequence_length", max_sequence_length),
-            ("num_segments", num_segments),
-        ):
-            _check_positive_int(name, value)
-        if hidden_dim % num_heads != 0:
-            raise ValueError(
-                "Expected hidden_dim to be divisible by num_heads. "
-                f"Received: hidden_dim={hidden_dim}, num_heads={num_heads}"
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"Expected dropout in [0, 1). Received: dropout={dropout!r}")
+        _check_arguments(
+            vocabulary_size=vocabulary_size,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            hidden_dim=hidden_dim,
+            intermediate_dim=intermediate_dim,
+            max_sequence_length=max_sequence_length,
+            num_segments=num_segments,
+            dropout=dropout,
+        )
 
         # === Layers ===
+        self._build_embeddings(
+            vocabulary_size, hidden_dim, dropout, max_sequence_length, num_segments, dtype
+        )
+        self.transformer_layers = [
+            TransformerEncoder(
+                num_heads=num_heads,
+                intermediate_dim=intermediate_dim,
+                dropout=dropout,
+                layer_norm_epsilon=1e-12,
+                kernel_initializer=bert_kernel_initializer(),
+                dtype=dtype,
+                name=f"transformer_layer_{index}",
+            )
+            for index in range(num_layers)
+        ]
+        # The pooler is one (hidden x hidden) product per sequence: float32 costs nothing.
+        self.pooled_dense = keras.layers.Dense(
+            hidden_dim,
+            activation="tanh",
+            kernel_initializer=bert_kernel_initializer(),
+            dtype="float32",
+            name="pooled_dense",
+        )
+
+        # === Functional Model ===
+        inputs = {
+            "token_ids": keras.Input(shape=(None,), dtype="int32", name="token_ids"),
+            "segment_ids": keras.Input(shape=(None,), dtype="int32", name="segment_ids"),
+            "padding_mask": keras.Input(shape=(None,), dtype="int32", name="padding_mask"),
+        }
+        super().__init__(inputs=inputs, outputs=self._encoder_outputs(inputs), dtype=dtype, **kwargs)
+
+        # === Config ===
+        self.vocabulary_size = vocabulary_size
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.hidden_dim = hidden_dim
+        self.intermediate_dim = intermediate_dim
+        self.dropout = dropout
+        self.max_sequence_length = max_sequence_length
+        self.num_segments = num_segments
+
+    def _build_embeddings(
+        self, vocabulary_size, hidden_dim, dropout, max_sequence_length, num_segments, dtype
+    ):
         # The embeddings are summed, normalised and dropped out in float32: under a mixed
         # policy their tables stay float32 and nothing is rounded before the first block.
         embedding_dtype = _float32_compute(dtype)
@@ -105,69 +143,17 @@ class BertBackbone(FunctionalModel):
             epsilon=1e-12, dtype="float32", name="embeddings_layer_norm"
         )
         self.embeddings_dropout = Dropout(dropout, dtype="float32", name="embeddings_dropout")
-        self.transformer_layers = [
-            TransformerEncoder(
-                num_heads=num_heads,
-                intermediate_dim=intermediate_dim,
-                dropout=dropout,
-                layer_norm_epsilon=1e-12,
-                kernel_initializer=bert_kernel_initializer(),
-                dtype=dtype,
-                name=f"transformer_layer_{index}",
-            )
-            for index in range(num_layers)
-        ]
-        # The pooler is one (hidden x hidden) product per sequence: float32 costs nothing.
-        self.pooled_dense = keras.layers.Dense(
-            hidden_dim,
-            activation="tanh",
-            kernel_initializer=bert_kernel_initializer(),
-            dtype="float32",
-            name="pooled_dense",
-        )
 
-        # === Functional Model ===
-        token_id_input = keras.Input(shape=(None,), dtype="int32", name="token_ids")
-        segment_id_input = keras.Input(shape=(None,), dtype="int32", name="segment_ids")
-        padding_mask_input = keras.Input(shape=(None,), dtype="int32", name="padding_mask")
-        inputs = {
-            "token_ids": token_id_input,
-            "segment_ids": segment_id_input,
-            "padding_mask": padding_mask_input,
-        }
-        sequence_output = self.encode(inputs)  # (batch, seq, hidden), float32
-        pooled_output = self.pooled_dense(sequence_output[:, 0, :])  # (batch, hidden)
-        super().__init__(
-            inputs=inputs,
-            outputs={"sequence_output": sequence_output, "pooled_output": pooled_output},
-            dtype=dtype,
-            **kwargs,
-        )
+    def _encoder_outputs(self, inputs, query_positions=None, training=None):
+        """`sequence_output` and `pooled_output` of `inputs`, symbolic or not.
 
-        # === Config ===
-        self.vocabulary_size = vocabulary_size
-        self.num_layers = num_layers
-        self.num_heads = num_heads
-        self.hidden_dim = hidden_dim
-        self.intermediate_dim = intermediate_dim
-        self.dropout = dropout
-        self.max_sequence_length = max_sequence_length
-        self.num_segments = num_segments
-
-    def call(self, inputs, training=None, mask=None):
-        self._check_sequence_length(inputs)
-        return super().call(inputs, training=training, mask=mask)
-
-    def encode(self, inputs, query_positions=None, training=None):
-        """The final hidden states: (batch, seq, hidden), float32.
-
-        This is `sequence_output`, computed by the backbone's layers outside its functional
-        graph, so that heads can ask for less: with `query_positions` (batch, num_queries),
-        the last block runs only at those positions and the result is
-        (batch, num_queries, hidden), the rows of `sequence_output` at them. Every position
-        still attends and is attended to in the blocks below.
+        The functional graph is this function of the inputs. With `query_positions`
+        (batch, num_queries), the last block runs only at those positions (TF Model
+        Garden's `output_range`, with positions chosen per example): `sequence_output` is
+        then (batch, num_queries, hidden), the rows of the full output at them, and
+        `pooled_output` pools the first of them. Every position still attends and is
+        attended to in the blocks below.
         """
-        self._check_sequence_length(inputs)
         tokens = self.token_embedding(inputs["token_ids"])  # (batch, seq, hidden)
         positions = self.position_embedding(tokens)
         segments = self.segment_embedding(inputs["segment_ids"])
@@ -181,7 +167,31 @@ class BertBackbone(FunctionalModel):
                 query_positions=query_positions if index == last else None,
                 training=training,
             )
-        return x
+        # (batch, seq, hidden) and (batch, hidden), float32
+        return {"sequence_output": x, "pooled_output": self.pooled_dense(x[:, 0, :])}
+
+    def call(self, inputs, training=None, mask=None, query_positions=None):
+        """The backbone's outputs; with `query_positions`, the last block only there.
+
+        A head that needs only some rows of `sequence_output` (a masked LM its masked
+        positions, and [CLS]) passes them as `query_positions`, as part of its own
+        functional graph; see `_encoder_outputs`.
+        """
+        self._check_sequence_length(inputs)
+        if query_positions is None:
+            return super().call(inputs, training=training, mask=mask)
+        return self._encoder_outputs(inputs, ops.cast(query_positions, "int32"), training=training)
+
+    def compute_output_spec(self, inputs, training=None, mask=None, query_positions=None):
+        spec = super().compute_output_spec(inputs, training=training, mask=mask)
+        if query_positions is None:
+            return spec
+        sequence = spec["sequence_output"]
+        shape = (sequence.shape[0], query_positions.shape[1], sequence.shape[-1])
+        return {
+            "sequence_output": keras.KerasTensor(shape, dtype=sequence.dtype),
+            "pooled_output": spec["pooled_output"],
+        }
 
     def _check_sequence_length(self, inputs):
         # Caught here with a clear message; past the table, position embeddings fail deep
@@ -224,6 +234,19 @@ class BertBackbone(FunctionalModel):
         if isinstance(config.get("dtype"), dict):
             config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
         return cls(**config)
+
+
+def _check_arguments(dropout, **sizes):
+    for name, value in sizes.items():
+        _check_positive_int(name, value)
+    hidden_dim, num_heads = sizes["hidden_dim"], sizes["num_heads"]
+    if hidden_dim % num_heads != 0:
+        raise ValueError(
+            "Expected hidden_dim to be divisible by num_heads. "
+            f"Received: hidden_dim={hidden_dim}, num_heads={num_heads}"
+        )
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"Expected dropout in [0, 1). Received: dropout={dropout!r}")
 
 
 def _float32_compute(dtype):

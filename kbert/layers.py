@@ -1,12 +1,15 @@
 """Layers shared by kbert's model builders.
 
-Written with `keras` and `keras.ops` only, so they run on every Keras backend.
+Written with `keras` and `keras.ops` only, so they run on every Keras backend; the
+backend-specific fast paths sit in `kbert.kernels`, each behind one call here.
 """
 
 import math
 
 import keras
 from keras import ops
+
+from kbert import kernels
 
 # A large negative added to the scores of padded keys. exp() of it underflows to exactly
 # 0 in float32, so padded keys get exactly zero attention, as in the original BERT.
@@ -17,64 +20,6 @@ def bert_kernel_initializer(stddev=0.02):
     return keras.initializers.TruncatedNormal(stddev=stddev)
 
 
-def xla_function(function):
-    """`function` as a TensorFlow function compiled by XLA, for element-wise work in training.
-
-    TensorFlow's CPU kernels make one pass over memory per element-wise op, forward and
-    backward; XLA fuses a chain of them into one pass. Only training steps use these: a
-    SavedModel with XLA-compiled functions needs TensorFlow Serving's XLA JIT, which is off
-    by default, so inference and exports run the same arithmetic op by op.
-    """
-    import tensorflow as tf
-
-    return tf.function(function, jit_compile=True, reduce_retracing=True)
-
-
-def xla_function_with_recomputed_gradient(function):
-    """`xla_function(function)` whose gradient is a second XLA function of its inputs.
-
-    TensorFlow's gradient of an XLA-compiled function keeps the forward pass's
-    intermediates (for a GELU, its float32 input) and runs the rest of the backward pass,
-    such as a bias's gradient summed over the batch, op by op. This one's backward pass
-    recomputes the forward pass from `function`'s inputs, and the whole gradient (through
-    `tf.GradientTape`, so the same derivative) is one XLA function. `function` takes and
-    returns tensors, and every input gets a gradient.
-    """
-    import tensorflow as tf
-
-    forward = xla_function(function)
-
-    def gradient(upstream, *inputs):
-        with tf.GradientTape() as tape:
-            tape.watch(inputs)
-            outputs = function(*inputs)
-        return tape.gradient(outputs, inputs, output_gradients=upstream)
-
-    backward = xla_function(gradient)
-
-    @tf.custom_gradient
-    def run(*inputs):
-        return forward(*inputs), lambda upstream: backward(upstream, *inputs)
-
-    @tf.autograph.experimental.do_not_convert
-    def call(*inputs):
-        # Variables as their values: a gradient reaches them through the reads.
-        return run(*(tf.convert_to_tensor(value) for value in inputs))
-
-    return call
-
-
-def _matmul_transposed(a, b):
-    """`a @ b.T`. On TensorFlow as one matmul with `transpose_b`: through `ops.transpose`,
-    the backward pass transposes the (vocabulary, hidden) gradient of the tied embedding
-    with an op of its own, which `transpose_b` spares."""
-    if keras.config.backend() == "tensorflow":
-        import tensorflow as tf
-
-        return tf.linalg.matmul(a, b, transpose_b=True)
-    return ops.matmul(a, ops.transpose(b))
-
-
 class _Float32Bias:
     """Mixin for Keras' dense layers: the product in the compute dtype, the bias in float32.
 
@@ -82,25 +27,17 @@ class _Float32Bias:
     bfloat16, which every consumer in a BERT block then casts to float32 (residual stream,
     LayerNorm, GELU, attention scores). These layers cast the product once and add the
     float32 bias to it: the output is float32, the bias is not rounded, and its gradient is
-    a float32 reduction. In float32 nothing changes.
-
-    An activation (the feed-forward layer's GELU) runs in float32 after the bias. In
-    training on TensorFlow, the cast, the bias and the activation run as one XLA function
-    (`xla_function`), one pass over the activation instead of one per op. Their gradient,
-    the bias's included, is a second XLA function that recomputes them from the product and
-    the bias (`xla_function_with_recomputed_gradient`), where TensorFlow's own gradient would
-    keep the GELU's float32 input and sum the bias op by op.
+    a float32 reduction. In float32 nothing changes. An activation (the feed-forward
+    layer's GELU) runs in float32 after the bias.
 
     `float32_output=False` casts the output to the compute dtype at the end, for a layer
     whose only consumer is a matmul that would cast it anyway (the feed-forward layer's
-    GELU output): the same numbers, without a float32 copy of the widest activation, and in
-    training the cast is part of the XLA function.
+    GELU output): the same numbers, without a float32 copy of the widest activation.
     """
 
     def __init__(self, *args, float32_output=True, **kwargs):
         super().__init__(*args, **kwargs)
         self.float32_output = float32_output
-        self._xla_epilogue = None
 
     def add_weight(self, *args, **kwargs):
         if kwargs.get("name") == "bias":
@@ -110,12 +47,8 @@ class _Float32Bias:
     def call(self, inputs, training=None):
         product = self._product(inputs, self.kernel)  # both in the compute dtype
         terms = (product,) if self.bias is None else (product, self.bias)
-        activated = self.activation is not keras.activations.linear
-        if training and activated and keras.config.backend() == "tensorflow":
-            if self._xla_epilogue is None:
-                self._xla_epilogue = xla_function_with_recomputed_gradient(self._epilogue)
-            return self._xla_epilogue(*terms)
-        return self._epilogue(*terms)
+        # One fused XLA function in TensorFlow training: see kernels.dense_epilogue.
+        return kernels.dense_epilogue(self, self._epilogue, terms, training)
 
     def _epilogue(self, product, bias=None):
         outputs = ops.cast(product, "float32")
@@ -146,79 +79,22 @@ class Dense(_Float32Bias, keras.layers.Dense):
         return ops.matmul(inputs, kernel)
 
 
-def _matrix_product_split(equation):
-    """How many kernel axes `equation` contracts, where it is one matrix product.
-
-    That is an equation `{batch}{contracted},{contracted}{out}->{batch}{out}`, such as the
-    attention projections' `btd,dnh->btnh` and `btnh,nhd->btd`; None for any other.
-    """
-    operands, output = equation.split("->")
-    inputs, kernel = operands.split(",")
-    for count in range(1, len(kernel)):
-        contracted, out = kernel[:count], kernel[count:]
-        if inputs.endswith(contracted) and output == inputs[: -len(contracted)] + out:
-            return count
-    return None
-
-
 @keras.saving.register_keras_serializable(package="kbert")
 class EinsumDense(_Float32Bias, keras.layers.EinsumDense):
-    """`keras.layers.EinsumDense` with a float32 bias, activation and output.
-
-    An equation that is one matrix product (the attention projections') runs as a 2-D
-    matmul of the flattened inputs and kernel. Keras' TensorFlow einsum runs it as a
-    batched matmul against the kernel broadcast over the batch, whose kernel gradient is a
-    (batch, in, out) product summed over the batch afterwards.
-    """
+    """`keras.layers.EinsumDense` with a float32 bias, activation and output."""
 
     def _product(self, inputs, kernel):
-        count = _matrix_product_split(self.equation)
-        if count is None:
-            return ops.einsum(self.equation, inputs, kernel)
-        contracted = math.prod(kernel.shape[:count])
-        out_shape = tuple(kernel.shape[count:])
-        batch_shape = ops.shape(inputs)[: len(inputs.shape) - count]
-        flat = ops.reshape(inputs, (-1, contracted))
-        product = ops.matmul(flat, ops.reshape(kernel, (contracted, -1)))
-        return ops.reshape(product, (*batch_shape, *out_shape))
+        # A 2-D matmul where the equation is one: see kernels.matrix_product.
+        return kernels.matrix_product(self.equation, inputs, kernel)
 
 
 @keras.saving.register_keras_serializable(package="kbert")
 class Dropout(keras.layers.Dropout):
-    """`keras.layers.Dropout` with cheaper random numbers on TensorFlow.
-
-    Keras' dropout on TensorFlow draws one uniform float per element, in the input's
-    dtype: under `mixed_bfloat16` that float has 8 bits, so a rate of 0.1 drops 10.15% of
-    the elements. This one draws 16 random bits per element (two per 32-bit Philox output)
-    and keeps an element where they reach `round(rate * 65536)`, so the rate is exact to
-    1e-5 in every dtype, and scales kept elements by the inverse of that keep probability.
-    Half a 32-bit draw per element costs less than Keras' float draw, which stood out in the
-    profile of a training step. Other backends, and a `noise_shape`, use Keras' dropout.
-    """
+    """`keras.layers.Dropout` with an exact rate in bfloat16; see `kernels.dropout`."""
 
     def call(self, inputs, training=False):
-        fast = 0 < self.rate < 1 and self.noise_shape is None
-        if training and fast and keras.config.backend() == "tensorflow":
-            return _tensorflow_dropout(inputs, self.rate, self.seed_generator.next())
-        return super().call(inputs, training=training)
-
-
-def _tensorflow_dropout(inputs, rate, seed):
-    import tensorflow as tf
-
-    # Stateless random ops want int32 seeds under XLA; the seed generator's state is int64.
-    seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), "int32")
-    size = tf.size(inputs)
-    bits = tf.random.stateless_uniform(
-        [(size + 1) // 2], seed, minval=None, maxval=None, dtype=tf.uint32
-    )
-    halves = tf.reshape(tf.bitcast(bits, tf.uint16), [-1])  # two 16-bit draws per output
-    threshold = round(rate * 65536)
-    keep = tf.reshape(halves[:size] >= threshold, tf.shape(inputs))
-    scale = tf.cast(65536 / (65536 - threshold), inputs.dtype)
-    # One mask of scales, multiplied in forward and backward: a select of the scaled inputs
-    # would cost a select and a multiply each way.
-    return inputs * tf.where(keep, scale, tf.zeros((), inputs.dtype))
+        # Cheaper, exact-rate random bits on TensorFlow: see kernels.dropout.
+        return kernels.dropout(self, inputs, training, super().call)
 
 
 @keras.saving.register_keras_serializable(package="kbert")
@@ -400,10 +276,6 @@ class TransformerEncoder(keras.layers.Layer):
         return config
 
 
-def _add_float32_bias(product, bias):
-    return ops.cast(product, "float32") + bias
-
-
 @keras.saving.register_keras_serializable(package="kbert")
 class MaskedLMHead(keras.layers.Layer):
     """BERT's masked-LM head, scoring only the masked positions.
@@ -434,7 +306,6 @@ class MaskedLMHead(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(
             kernel_initializer or bert_kernel_initializer()
         )
-        self._xla_output = None
 
     def build(self, inputs_shape, mask_positions_shape=None):
         sequence_length = inputs_shape[1]
@@ -481,28 +352,17 @@ class MaskedLMHead(keras.layers.Layer):
             # (batch, seq, hidden) -> (batch, num_predictions, hidden)
             hidden = ops.take_along_axis(inputs, mask_positions[:, :, None], axis=1)
         hidden = self.transform_layer_norm(self.transform_dense(hidden, training=training))
-        # The projection onto the vocabulary is the largest matmul of pretraining a small BERT
-        # (a quarter of a `mini`'s FLOPs): it runs in the compute dtype, bfloat16 under
-        # mixed_bfloat16, as every other matmul does; the logits are float32 from here on.
+        # The projection onto the vocabulary, the largest matmul of a small BERT, runs in the
+        # compute dtype as every other matmul does; the logits are float32 from here on.
         # One 2-D matmul over all predictions of the batch: as a batched matmul against the
-        # shared embedding, the embedding's gradient would be a (batch, vocabulary, hidden)
-        # tensor summed over the batch afterwards.
+        # shared embedding, the embedding's gradient would be summed over the batch.
         embeddings = ops.cast(self.token_embedding.embeddings, self.compute_dtype)
         batch_size, num_predictions, hidden_dim = ops.shape(hidden)
         flat = ops.reshape(ops.cast(hidden, self.compute_dtype), (-1, hidden_dim))
         # (batch * num_predictions, hidden) x (hidden, vocabulary)
-        logits = _matmul_transposed(flat, embeddings)
-        bias = self.output_bias
-        mixed = self.compute_dtype != "float32"
-        if training and mixed and keras.config.backend() == "tensorflow":
-            # The cast and the bias as one pass over the logits, and their gradients as
-            # one, instead of a pass over the logits per op. (In float32 there is no cast,
-            # and the function's gradient would copy the logits' gradient.)
-            if self._xla_output is None:
-                self._xla_output = xla_function_with_recomputed_gradient(_add_float32_bias)
-            logits = self._xla_output(logits, bias)
-        else:
-            logits = _add_float32_bias(logits, bias)
+        logits = kernels.matmul_transposed(flat, embeddings)
+        # The cast and the bias in one pass in mixed-precision training: see kernels.output_bias.
+        logits = kernels.output_bias(self, logits, self.output_bias, training)
         return ops.reshape(logits, (batch_size, num_predictions, -1))
 
     def compute_output_spec(self, inputs, mask_positions=None):

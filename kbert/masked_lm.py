@@ -51,15 +51,22 @@ class BertMaskedLM(FunctionalModel):
         # === Functional Model ===
         inputs = dict(backbone.input)
         inputs["mask_positions"] = keras.Input(shape=(None,), dtype="int32", name="mask_positions")
+        # The loss needs the last block only at the masked positions, and at [CLS] (position
+        # 0) for next-sentence prediction, so the backbone runs it there alone.
+        query_positions = inputs["mask_positions"]
+        if next_sentence_prediction:
+            first = ops.zeros_like(query_positions[:, :1])
+            query_positions = ops.concatenate([first, query_positions], axis=1)
         backbone_outputs = backbone(
-            {key: inputs[key] for key in ("token_ids", "segment_ids", "padding_mask")}
+            {key: inputs[key] for key in ("token_ids", "segment_ids", "padding_mask")},
+            query_positions=query_positions,
         )
-        # (batch, num_predictions, vocabulary_size), float32
-        mlm_logits = self.masked_lm_head(
-            backbone_outputs["sequence_output"], mask_positions=inputs["mask_positions"]
-        )
+        hidden = backbone_outputs["sequence_output"]  # (batch, num_queries, hidden)
+        if next_sentence_prediction:
+            hidden = hidden[:, 1:, :]  # (batch, num_predictions, hidden)
+        mlm_logits = self.masked_lm_head(hidden)  # (batch, num_predictions, vocabulary_size)
         outputs = mlm_logits
-        if self.next_sentence_head is not None:
+        if next_sentence_prediction:
             nsp_logits = self.next_sentence_head(backbone_outputs["pooled_output"])  # (batch, 2)
             outputs = {"mlm": mlm_logits, "nsp": nsp_logits}
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
@@ -68,25 +75,23 @@ class BertMaskedLM(FunctionalModel):
         self.backbone = backbone
         self.next_sentence_prediction = next_sentence_prediction
 
-    def call(self, inputs, training=None, mask=None):
-        # The functional graph's outputs, computed with less work: the loss needs the last
-        # block only at the masked positions (and at [CLS] for next-sentence prediction),
-        # so it runs there alone. For a `mini` at sequence 128 with 20 predictions that
-        # spares most of a quarter of the encoder's work; the logits are the same up to
-        # float rounding (tests compare them with the full graph's).
-        mask_positions = ops.cast(inputs["mask_positions"], "int32")
-        query_positions = mask_positions
+    @property
+    def trainable_weights(self):
+        return self._without_unused_pooler(super().trainable_weights)
+
+    @property
+    def trainable_variables(self):
+        # The optimizer's slots are built from these, and a resumed run rebuilds them from
+        # the same list: both leave the pooler out alike.
+        return self._without_unused_pooler(super().trainable_variables)
+
+    def _without_unused_pooler(self, variables):
+        # Without the next-sentence head no output depends on the pooler: it keeps the
+        # weights it was built or loaded with, instead of asking for a gradient it cannot have.
         if self.next_sentence_head is not None:
-            first = ops.zeros_like(mask_positions[:, :1])
-            query_positions = ops.concatenate([first, mask_positions], axis=1)
-        hidden = self.backbone.encode(inputs, query_positions=query_positions, training=training)
-        if self.next_sentence_head is None:
-            return self.masked_lm_head(hidden)
-        pooled_output = self.backbone.pooled_dense(hidden[:, 0, :])
-        return {
-            "mlm": self.masked_lm_head(hidden[:, 1:, :]),
-            "nsp": self.next_sentence_head(pooled_output),
-        }
+            return variables
+        pooler = {id(weight) for weight in self.backbone.pooled_dense.weights}
+        return [variable for variable in variables if id(variable) not in pooler]
 
     def compile(self, optimizer="auto", loss="auto", weighted_metrics="auto", **kwargs):
         """Compiles with BERT defaults where an argument is "auto".

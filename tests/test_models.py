@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import keras
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 import kbert
+import kbert.kernels
 import kbert.layers
 from kbert.layers import TransformerEncoder
 from conftest import PROJECT_ROOT
@@ -575,3 +577,88 @@ def test_sequence_longer_than_max_sequence_length():
 def test_zero_classes():
     with pytest.raises(ValueError, match="num_classes=0"):
         kbert.BertClassifier(tiny_backbone(), num_classes=0)
+
+
+# === Fast paths (kbert.kernels) against their keras.ops paths ===
+
+
+def test_kernels_dense_epilogue_matches_the_keras_ops_path():
+    layer = kbert.layers.Dense(8, activation="gelu", dtype="mixed_bfloat16")
+    layer.build((None, 4))
+    layer.bias.assign(tf.random.normal((8,), seed=3))
+    product = tf.cast(tf.random.normal((5, 8), seed=4), "bfloat16")
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(product)
+        fast = kbert.kernels.dense_epilogue(layer, layer._epilogue, (product, layer.bias), training=True)
+        plain = layer._epilogue(product, layer.bias)
+    assert getattr(layer, "_xla_epilogue", None) is not None  # the XLA path really ran
+    np.testing.assert_allclose(fast.numpy(), plain.numpy(), rtol=1e-6, atol=1e-6)
+    for fast_gradient, plain_gradient in zip(
+        tape.gradient(fast, [product, layer.bias]), tape.gradient(plain, [product, layer.bias])
+    ):
+        np.testing.assert_allclose(
+            tf.cast(fast_gradient, "float32").numpy(), tf.cast(plain_gradient, "float32").numpy(), rtol=1e-2
+        )
+
+
+def test_kernels_products_and_output_bias_match_the_keras_ops_path():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(6, 4)).astype("float32"), rng.normal(size=(9, 4)).astype("float32")
+    np.testing.assert_allclose(kbert.kernels.matmul_transposed(a, b).numpy(), a @ b.T, rtol=1e-5, atol=1e-5)
+    x, kernel = rng.normal(size=(2, 3, 4)).astype("float32"), rng.normal(size=(4, 2, 5)).astype("float32")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(kbert.kernels.matrix_product("btd,dnh->btnh", x, kernel)),
+        np.einsum("btd,dnh->btnh", x, kernel),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    head = kbert.layers.MaskedLMHead(keras.layers.Embedding(9, 4), dtype="mixed_bfloat16")
+    logits = tf.cast(a @ b.T, "bfloat16")
+    bias = tf.constant(rng.normal(size=(9,)).astype("float32"))
+    fast = kbert.kernels.output_bias(head, logits, bias, training=True)
+    assert getattr(head, "_xla_output", None) is not None
+    np.testing.assert_array_equal(fast.numpy(), kbert.kernels.add_float32_bias(logits, bias).numpy())
+
+
+def test_kernels_cross_entropy_matches_keras():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(3, 4, 11)).astype("float32") * 4
+    labels = rng.integers(0, 11, (3, 4)).astype("int32")
+    expected = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    got = kbert.kernels.sparse_categorical_crossentropy(tf.constant(labels), tf.constant(logits))
+    np.testing.assert_allclose(got.numpy(), keras.ops.convert_to_numpy(expected), rtol=1e-5, atol=1e-5)
+
+
+# === The masked LM's functional graph is what runs ===
+
+
+@pytest.mark.parametrize("kind", ["masked_lm", "masked_lm_nsp"])
+def test_masked_lm_runs_its_functional_graph_with_the_last_block_at_the_masks(kind):
+    model = build(kind, dropout=0.0)
+    assert "call" not in vars(kbert.BertMaskedLM)  # keras runs the functional graph
+    layer_names = [layer.name for layer in model.layers]
+    assert model.backbone.name in layer_names and "mlm_head" in layer_names
+    # The backbone node of the graph is asked for the masked positions only.
+    node = model.backbone._inbound_nodes[-1]
+    query_positions = node.arguments.kwargs["query_positions"]
+    expected = NUM_PREDICTIONS + (1 if kind == "masked_lm_nsp" else 0)
+    assert query_positions.shape[1] is None or query_positions.shape[1] == expected
+    lines = []
+    model.summary(print_fn=lines.append)
+    assert "mlm_head" in "\n".join(lines)
+
+
+@pytest.mark.parametrize("kind", ["masked_lm", "masked_lm_nsp"])
+def test_masked_lm_trains_without_a_gradient_warning(kind):
+    model = build(kind)
+    model.compile()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(training_dataset(kind), epochs=1, verbose=0)
+    messages = [str(warning.message) for warning in caught]
+    assert not [message for message in messages if "Gradients do not exist" in message], messages
+    # Without the next-sentence head the pooler is left out of training, consistently.
+    pooler = set(id(weight) for weight in model.backbone.pooled_dense.weights)
+    for variables in (model.trainable_variables, model.trainable_weights):
+        assert (pooler <= {id(variable) for variable in variables}) == (kind == "masked_lm_nsp")
+    assert pooler <= {id(weight) for weight in model.weights}  # still saved
