@@ -163,16 +163,16 @@ def make_learning_rate_schedule(
     """
     if decay not in DECAYS:
         raise ValueError(
-            f"Expected --decay to be one of {', '.join(DECAYS)}. Received: decay={decay!r}"
+            f"Expected decay to be one of {', '.join(DECAYS)}. Received: decay={decay!r}"
         )
     if not isinstance(warmup_steps, int) or warmup_steps < 0:
         raise ValueError(
-            f"Expected --warmup-steps to be a non-negative integer. Received: {warmup_steps!r}"
+            f"Expected warmup_steps to be a non-negative integer. Received: warmup_steps={warmup_steps!r}"
         )
     if decay != "constant":
         if num_train_steps is None or num_train_steps <= warmup_steps:
             raise ValueError(
-                "Expected --warmup-steps to be smaller than the number of training steps. "
+                "Expected warmup_steps to be smaller than num_train_steps, the number of training steps. "
                 f"Received: warmup_steps={warmup_steps}, num_train_steps={num_train_steps}"
             )
     schedules = keras.optimizers.schedules
@@ -320,21 +320,22 @@ def make_optimizer(
     """
     if name not in OPTIMIZERS:
         raise ValueError(
-            f"Expected --optimizer to be one of {', '.join(OPTIMIZERS)}. Received: {name!r}"
+            f"Expected optimizer to be one of {', '.join(OPTIMIZERS)}. Received: optimizer={name!r}"
         )
     if gradient_accumulation_steps is not None and (
         not isinstance(gradient_accumulation_steps, int) or gradient_accumulation_steps < 1
     ):
         raise ValueError(
-            "Expected --gradient-accumulation-steps to be a positive integer. "
-            f"Received: {gradient_accumulation_steps!r}"
+            "Expected gradient_accumulation_steps to be a positive integer. "
+            f"Received: gradient_accumulation_steps={gradient_accumulation_steps!r}"
         )
     if isinstance(learning_rate, (int, float)) and not learning_rate > 0:
         raise ValueError(
             f"Expected learning_rate to be positive. Received: learning_rate={learning_rate!r}"
         )
     if clipnorm is not None and global_clipnorm is not None:
-        raise ValueError("Expected only one of --clipnorm and --global-clipnorm to be set.")
+        raise ValueError("Expected only one of clipnorm and global_clipnorm to be set. "
+            f"Received: clipnorm={clipnorm!r}, global_clipnorm={global_clipnorm!r}")
     schedule = make_learning_rate_schedule(
         learning_rate,
         num_train_steps=num_train_steps,
@@ -375,7 +376,7 @@ def set_precision(precision):
     """
     if precision not in PRECISIONS:
         raise ValueError(
-            f"Expected --precision to be one of {', '.join(PRECISIONS)}. Received: {precision!r}"
+            f"Expected precision to be one of {', '.join(PRECISIONS)}. Received: precision={precision!r}"
         )
     keras.config.set_dtype_policy(precision)
 
@@ -446,7 +447,7 @@ def fit(
     num_train_steps = _num_train_steps(epochs, steps_per_epoch, num_train_steps)
     if backup_every is not None and (not isinstance(backup_every, int) or backup_every < 1):
         raise ValueError(
-            f"Expected --backup-every to be a positive integer. Received: {backup_every!r}"
+            f"Expected backup_every to be a positive integer. Received: backup_every={backup_every!r}"
         )
     # Compared with the copy stored in JSON, so it is normalised through JSON.
     run_config = json.loads(
@@ -551,9 +552,10 @@ def _check_accumulation_is_supported(model, distribution):
     ):
         # Keras 3 accumulates inside a tf.cond, where tf.distribute cannot sum gradients.
         raise ValueError(
-            "--gradient-accumulation-steps does not work under a multi-replica TensorFlow "
-            f"strategy ({distribution.description}); use a larger --batch-size or the JAX "
-            "backend."
+            "Expected gradient_accumulation_steps=None under a multi-replica TensorFlow "
+            f"strategy ({distribution.description}), where accumulation does not work; use a "
+            "larger batch_size or the JAX backend. "
+            f"Received: gradient_accumulation_steps={optimizer.gradient_accumulation_steps}"
         )
 
 
@@ -562,7 +564,7 @@ def _stop_on_non_finite_loss(model, state, backup_callback):
     raise LossNotFiniteError(
         f"Training stopped at step {backup_callback.non_finite_step}: the loss became "
         f"{backup_callback.non_finite_loss}; the model is back at the last good backup "
-        f"(step {good_step}, kept in {state.directory}). Lower --learning-rate or check "
+        f"(step {good_step}, kept in {state.directory}). Lower the learning_rate or check "
         "the data, then run again."
     )
 
@@ -602,13 +604,13 @@ def _steps_per_epoch(train_data, steps_per_epoch):
 def _num_train_steps(epochs, steps_per_epoch, num_train_steps):
     if num_train_steps is None:
         if epochs is None:
-            raise ValueError("Expected --epochs or --steps to say how long to train.")
+            raise ValueError("Expected epochs or num_train_steps to say how long to train. Received: neither")
         if not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"Expected --epochs to be a positive integer. Received: {epochs!r}")
+            raise ValueError(f"Expected epochs to be a positive integer. Received: epochs={epochs!r}")
         return epochs * steps_per_epoch
     if not isinstance(num_train_steps, int) or num_train_steps < 1:
         raise ValueError(
-            f"Expected --steps to be a positive integer. Received: {num_train_steps!r}"
+            f"Expected num_train_steps to be a positive integer. Received: num_train_steps={num_train_steps!r}"
         )
     return num_train_steps
 

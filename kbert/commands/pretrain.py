@@ -43,7 +43,13 @@ def add_arguments(parser):
 
 def run(args):
     from kbert import workflows
+    from kbert.cli import UsageError
 
+    if args.validation is None and args.validation_split == args.split:
+        raise UsageError(
+            f"--validation-split {args.validation_split} is the training split; hold out "
+            f"another one, e.g. --split 'train[:90%]' --validation-split 'train[90%:]'"
+        )
     workflows.pretrain(
         args.output,
         args.vocab,
