@@ -445,16 +445,10 @@ def fit(
     """
     steps_per_epoch = _steps_per_epoch(train_data, steps_per_epoch)
     num_train_steps = _num_train_steps(epochs, steps_per_epoch, num_train_steps)
-    if backup_every is not None and (not isinstance(backup_every, int) or backup_every < 1):
-        raise ValueError(
-            f"Expected backup_every to be a positive integer. Received: backup_every={backup_every!r}"
-        )
+    _check_backup_every(backup_every)
     # Compared with the copy stored in JSON, so it is normalised through JSON.
-    run_config = json.loads(
-        json.dumps(
-            dict(run_config or {}, num_train_steps=num_train_steps, steps_per_epoch=steps_per_epoch)
-        )
-    )
+    run_config = dict(run_config or {}, num_train_steps=num_train_steps, steps_per_epoch=steps_per_epoch)
+    run_config = json.loads(json.dumps(run_config))
     distribution = distribution or Distribution()
     _check_accumulation_is_supported(model, distribution)
     is_chief = distribution.is_chief
@@ -463,48 +457,19 @@ def fit(
     state = TrainingState(os.path.join(output_dir, BACKUP_DIR))
 
     with distribution.scope():
-        latest = state.latest()
-        if latest is not None and latest.get("run_config") != run_config:
-            raise ValueError(
-                f"{output_dir} holds a training run with other settings "
-                f"({_config_difference(latest.get('run_config'), run_config)}); "
-                "choose another output directory or delete it to start over."
-            )
-        if model.optimizer is not None and not model.optimizer.built:
-            # Built now so that every backup, the first included, holds the optimizer state.
-            model.optimizer.build(model.trainable_variables)
-        start_step = state.restore(model)
-        if start_step == 0 and is_chief:
-            # Step 0 is the last good state should the loss diverge before the first backup.
-            state.save(model, 0, run_config)
-        if start_step and is_chief:
-            print(
-                f"Resuming from the backup at step {start_step} of {num_train_steps} "
-                f"in {state.directory}",
-                flush=True,
-            )
+        start_step = _resume(model, state, output_dir, run_config, num_train_steps, is_chief)
         history = read_history(output_dir, up_to_step=start_step)
 
         def epoch_end_step(epoch):
             return min((epoch + 1) * steps_per_epoch, num_train_steps)
 
+        resumed_epoch = start_step // steps_per_epoch if start_step % steps_per_epoch else None
         history_logger = HistoryLogger(
-            output_dir,
-            history,
-            epoch_end_step,
-            write=is_chief,
-            resumed_epoch=start_step // steps_per_epoch if start_step % steps_per_epoch else None,
+            output_dir, history, epoch_end_step, write=is_chief, resumed_epoch=resumed_epoch
         )
         extra_callbacks = list(callbacks or [])
-        if is_chief and _tensorboard_installed():
-            extra_callbacks.append(
-                keras.callbacks.TensorBoard(
-                    log_dir=os.path.join(output_dir, LOGS_DIR),
-                    update_freq=tensorboard_update_freq,
-                )
-            )
-        elif is_chief:
-            print("No TensorBoard logs: pip install tensorboard to get them.", flush=True)
+        if is_chief:
+            extra_callbacks += _tensorboard_callbacks(output_dir, tensorboard_update_freq)
         if validation_data is not None:
             validation_data = distribution.distribute_dataset(validation_data)
         for first_step, last_step, segment_steps_per_epoch in _segments(
@@ -540,6 +505,46 @@ def fit(
             write_history(history, output_dir)
             plot_history(history, plot_path)
     return history
+
+
+def _check_backup_every(backup_every):
+    if backup_every is not None and (not isinstance(backup_every, int) or backup_every < 1):
+        raise ValueError(
+            f"Expected backup_every to be a positive integer. Received: backup_every={backup_every!r}"
+        )
+
+
+def _resume(model, state, output_dir, run_config, num_train_steps, is_chief):
+    """Restores the latest backup of this run into `model`; returns its step (0: none)."""
+    latest = state.latest()
+    if latest is not None and latest.get("run_config") != run_config:
+        raise ValueError(
+            f"{output_dir} holds a training run with other settings "
+            f"({_config_difference(latest.get('run_config'), run_config)}); "
+            "choose another output directory or delete it to start over."
+        )
+    if model.optimizer is not None and not model.optimizer.built:
+        # Built now so that every backup, the first included, holds the optimizer state.
+        model.optimizer.build(model.trainable_variables)
+    start_step = state.restore(model)
+    if start_step == 0 and is_chief:
+        # Step 0 is the last good state should the loss diverge before the first backup.
+        state.save(model, 0, run_config)
+    if start_step and is_chief:
+        print(
+            f"Resuming from the backup at step {start_step} of {num_train_steps} "
+            f"in {state.directory}",
+            flush=True,
+        )
+    return start_step
+
+
+def _tensorboard_callbacks(output_dir, update_freq):
+    if not _tensorboard_installed():
+        print("No TensorBoard logs: pip install tensorboard to get them.", flush=True)
+        return []
+    log_dir = os.path.join(output_dir, LOGS_DIR)
+    return [keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=update_freq)]
 
 
 def _check_accumulation_is_supported(model, distribution):

@@ -83,16 +83,9 @@ def pretrain(
     _check_positive("batch_size", batch_size)
     task = tasks.get(PRETRAINING_TASK)
     tokenizer = BertTokenizer(vocabulary, lowercase=lowercase, strip_accents=strip_accents)
-    if validation is None and validation_split is not None:
-        validation = source
-        if validation_split == split:
-            raise ValueError(
-                "Expected validation_split to be another split than split, which trains: "
-                "e.g. split='train[:90%]', validation_split='train[90%:]'. "
-                f"Received: split={split!r}, validation_split={validation_split!r}"
-            )
+    validation, validation_split = _held_out_text(source, split, validation, validation_split)
     train_data, validation_data = task.datasets(
-        source, split, validation=validation, validation_split=validation_split or "train",
+        source, split, validation=validation, validation_split=validation_split,
         validation_steps=validation_steps, seed=seed, tokenizer=tokenizer, batch_size=batch_size,
         sequence_length=sequence_length, num_predictions=num_predictions,
         whole_word_masking=whole_word_masking, next_sentence_prediction=next_sentence_prediction,
@@ -180,9 +173,8 @@ def finetune(
     from kbert.data.sources import is_local
     from kbert.tokenizer import BertPreprocessor, BertTokenizer
 
-    _check_positive("epochs", epochs)
-    _check_positive("batch_size", batch_size)
-    _check_positive("sequence_length", sequence_length)
+    for name, value in dict(epochs=epochs, batch_size=batch_size, sequence_length=sequence_length).items():
+        _check_positive(name, value)
     model_dir.read_config(init)  # a bad init stops here, before the data is read
     source_options = dict(
         task=task, text_columns=text_columns, label_column=label_column, label_names=label_names,
@@ -190,14 +182,12 @@ def finetune(
     )
     training_texts = load_labeled_texts(train, split=train_split, **source_options)
     if validation is None and not is_local(train):
-        validation, validation_split = train, validation_split
+        validation = train
     # Validation labels must mean what training labels mean.
     source_options["label_names"] = training_texts.label_names
-    steps_per_epoch = math.ceil((training_texts.num_examples or 0) / batch_size) or None
-    if steps_per_epoch is None:
-        raise ValueError(f"Could not count the training examples of {train}")
+    steps_per_epoch = _steps_per_epoch(training_texts, batch_size, train)
     settings = _classification_settings(training_texts, text_columns, label_column)
-    classification = tasks.get("classification", settings)
+    classification = tasks.get(settings["name"], settings)
     tokenizer = BertTokenizer.from_model_dir(init)
     train_data, validation_data = classification.datasets(
         train, BertPreprocessor(tokenizer, sequence_length=sequence_length), batch_size,
@@ -215,22 +205,14 @@ def finetune(
             )
         return classification.build_model(backbone, settings["num_classes"], dropout=dropout)
 
+    run_settings = dict(job="finetune", init=os.path.abspath(init), task=settings,
+                        train=_describe(train), batch_size=batch_size)
     return train(
-        classification,
-        build_model,
-        train_data,
-        validation_data,
-        *_configs(arguments),
-        num_train_steps=epochs * steps_per_epoch,
-        steps_per_epoch=steps_per_epoch,
+        classification, build_model, train_data, validation_data, *_configs(arguments),
+        num_train_steps=epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch,
         vocabulary=model_dir.vocabulary_path(init),
         tokenizer_settings=dict(tokenizer.get_config(), sequence_length=sequence_length),
-        task_settings=settings,
-        run_settings=dict(
-            job="finetune", init=os.path.abspath(init), task=settings, train=_describe(train),
-            batch_size=batch_size,
-        ),
-        evaluate=True,
+        task_settings=settings, run_settings=run_settings, evaluate=True,
     )
 
 
@@ -472,6 +454,27 @@ def _configs(arguments):
         **{name: arguments[name] for name in config.fields(config.OptimizerConfig) if name in arguments}
     )
     return run, optimizer
+
+
+def _held_out_text(source, split, validation, validation_split):
+    """`(validation, validation_split)` of a pretraining run: without `validation`, a split of `source`."""
+    if validation is None and validation_split is not None:
+        validation = source
+        if validation_split == split:
+            raise ValueError(
+                "Expected validation_split to be another split than split, which trains: "
+                "e.g. split='train[:90%]', validation_split='train[90%:]'. "
+                f"Received: split={split!r}, validation_split={validation_split!r}"
+            )
+    return validation, validation_split or "train"
+
+
+def _steps_per_epoch(training_texts, batch_size, train):
+    """Batches in one pass over the training examples."""
+    steps_per_epoch = math.ceil((training_texts.num_examples or 0) / batch_size)
+    if not steps_per_epoch:
+        raise ValueError(f"Could not count the training examples of {train}")
+    return steps_per_epoch
 
 
 def _classification_settings(training_texts, text_columns, label_column):
