@@ -101,7 +101,7 @@ def pretrain(
         )
         return task.build_model(backbone, next_sentence_prediction=next_sentence_prediction)
 
-    history, _ = train(
+    history, _ = train_task(
         task,
         build_model,
         train_data,
@@ -207,7 +207,7 @@ def finetune(
 
     run_settings = dict(job="finetune", init=os.path.abspath(init), task=settings,
                         train=_describe(train), batch_size=batch_size)
-    return train(
+    return train_task(
         classification, build_model, train_data, validation_data, *_configs(arguments),
         num_train_steps=epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch,
         vocabulary=model_dir.vocabulary_path(init),
@@ -216,7 +216,7 @@ def finetune(
     )
 
 
-def train(
+def train_task(
     task,
     build_model,
     train_data,
