@@ -168,12 +168,12 @@ def test_schedule_counts_updates_under_gradient_accumulation():
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"decay": "step"}, "--decay"),
-        ({"num_train_steps": 10, "warmup_steps": 10}, "--warmup-steps"),
-        ({"num_train_steps": None}, "--warmup-steps"),
+        ({"decay": "step"}, "Expected decay to be one of"),
+        ({"num_train_steps": 10, "warmup_steps": 10}, "Expected warmup_steps to be smaller"),
+        ({"num_train_steps": None}, "Expected warmup_steps to be smaller"),
     ],
 )
-def test_schedule_errors_name_the_option(options, message):
+def test_schedule_errors_name_the_parameter(options, message):
     arguments = dict({"num_train_steps": 100, "warmup_steps": 0}, **options)
     with pytest.raises(ValueError, match=message):
         training.make_learning_rate_schedule(1e-3, **arguments)
