@@ -47,12 +47,12 @@ def test_tensorflow_strategies_on_a_cpu_machine():
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"strategy": "fastest"}, "--strategy to be one of"),
-        ({"model_parallel": 0}, "--model-parallel"),
-        ({"num_processes": "two"}, "--num-processes to be an integer"),
+        ({"strategy": "fastest"}, "Expected strategy to be one of"),
+        ({"model_parallel": 0}, "Expected model_parallel to be"),
+        ({"num_processes": "two"}, "Expected num_processes to be an integer"),
     ],
 )
-def test_distribution_errors_name_the_option(options, message):
+def test_distribution_errors_name_the_parameter(options, message):
     with pytest.raises(ValueError, match=message):
         distribution_lib.make_distribution(**options)
 
