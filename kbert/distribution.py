@@ -224,12 +224,12 @@ def make_distribution(
     if backend != "jax":
         if multi_process:
             raise ValueError(
-                "Expected the JAX backend (KERAS_BACKEND=jax) for multi-process training "
-                f"(coordinator_address, num_processes). Received: KERAS_BACKEND={backend}"
+                "Multi-process training (coordinator_address, num_processes) needs the JAX "
+                f"backend (KERAS_BACKEND=jax). Received: KERAS_BACKEND={backend}"
             )
         if model_parallel > 1:
             raise ValueError(
-                "Expected the JAX backend (KERAS_BACKEND=jax) for model_parallel > 1. "
+                "model_parallel > 1 needs the JAX backend (KERAS_BACKEND=jax). "
                 f"Received: KERAS_BACKEND={backend}, model_parallel={model_parallel}"
             )
     if backend == "tensorflow":
