@@ -53,27 +53,17 @@ class BertClassifier(FunctionalModel):
         self.dropout = dropout
 
     def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
-        """Compiles with fine-tuning defaults where an argument is "auto".
+        """Compiles with the choices of `kbert.tasks.classification` where an argument is "auto".
 
         The defaults are AdamW (learning rate 5e-5, weight decay 0.01), cross-entropy on
-        logits with accuracy, or mean squared error for regression (`num_classes=1`).
+        logits with accuracy, or mean squared error with Pearson and Spearman correlations for
+        regression (`num_classes=1`).
         """
-        regression = self.num_classes == 1
-        if optimizer == "auto":
-            optimizer = keras.optimizers.AdamW(learning_rate=5e-5, weight_decay=0.01)
-        if loss == "auto":
-            loss = (
-                keras.losses.MeanSquaredError()
-                if regression
-                else keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-            )
-        if metrics == "auto":
-            metrics = (
-                [keras.metrics.MeanSquaredError(name="mse")]
-                if regression
-                else [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-            )
-        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+        from kbert import tasks
+
+        task = tasks.for_model(self)
+        arguments = task.compile_arguments(self, optimizer=optimizer, loss=loss, metrics=metrics)
+        super().compile(**arguments, **kwargs)
 
     def get_config(self):
         return {

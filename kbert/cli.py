@@ -38,6 +38,8 @@ def _available_commands():
 
 
 def build_parser():
+    from kbert.commands import options
+
     parser = argparse.ArgumentParser(
         prog="kbert",
         description="Build, pretrain, fine-tune, evaluate and export BERT models with Keras 3.",
@@ -47,17 +49,22 @@ def build_parser():
         module = importlib.import_module(module_name)
         subparser = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(subparser)
-        subparser.set_defaults(run=module.run)
+        subparser.set_defaults(
+            run=module.run, flags_of_parameters=options.flags_of_parameters(subparser)
+        )
     return parser
 
 
 def main(argv=None):
+    from kbert.commands import options
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
     try:
         result = args.run(args)
     except (UsageError, ValueError, OSError) as error:
-        print(f"kbert {args.command}: error: {error}", file=sys.stderr)
+        message = options.with_flag_names(str(error), args.flags_of_parameters)
+        print(f"kbert {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"kbert {args.command}: interrupted", file=sys.stderr)

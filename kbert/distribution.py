@@ -207,12 +207,12 @@ def make_distribution(
     """
     if strategy not in STRATEGIES:
         raise ValueError(
-            f"Expected --strategy to be one of {', '.join(STRATEGIES)}. "
+            f"Expected strategy to be one of {', '.join(STRATEGIES)}. "
             f"Received: strategy={strategy!r}"
         )
     if not isinstance(model_parallel, int) or model_parallel < 1:
         raise ValueError(
-            "Expected --model-parallel to be a positive integer. "
+            "Expected model_parallel to be a positive integer. "
             f"Received: model_parallel={model_parallel!r}"
         )
     coordinator_address = coordinator_address or os.environ.get(COORDINATOR_ADDRESS_VARIABLE)
@@ -224,13 +224,13 @@ def make_distribution(
     if backend != "jax":
         if multi_process:
             raise ValueError(
-                "Multi-process training (--coordinator-address / --num-processes) needs "
-                f"the JAX backend (KERAS_BACKEND=jax). Received: KERAS_BACKEND={backend}"
+                "Multi-process training (coordinator_address, num_processes) needs the JAX "
+                f"backend (KERAS_BACKEND=jax). Received: KERAS_BACKEND={backend}"
             )
         if model_parallel > 1:
             raise ValueError(
-                "--model-parallel needs the JAX backend (KERAS_BACKEND=jax). "
-                f"Received: KERAS_BACKEND={backend}"
+                "model_parallel > 1 needs the JAX backend (KERAS_BACKEND=jax). "
+                f"Received: KERAS_BACKEND={backend}, model_parallel={model_parallel}"
             )
     if backend == "tensorflow":
         return _tensorflow_distribution(strategy, tpu)
@@ -290,7 +290,7 @@ def _tensorflow_distribution(strategy, tpu):
             if strategy == "auto":
                 resolver = None
             else:
-                raise ValueError(f"--strategy tpu found no usable TPU ({error}).") from None
+                raise ValueError(f"strategy='tpu' found no usable TPU ({error}).") from None
         if resolver is not None:
             tf_strategy = tf.distribute.TPUStrategy(resolver)
             return Distribution(
@@ -303,7 +303,7 @@ def _tensorflow_distribution(strategy, tpu):
     gpus = [device.name for device in tf.config.list_logical_devices("GPU")]
     cpus = [device.name for device in tf.config.list_logical_devices("CPU")]
     if strategy == "gpu" and not gpus:
-        raise ValueError("--strategy gpu: TensorFlow sees no GPU on this machine.")
+        raise ValueError("strategy='gpu': TensorFlow sees no GPU on this machine.")
     if strategy == "cpu":
         tf_strategy = tf.distribute.OneDeviceStrategy(cpus[0])
         return Distribution(strategy, f"one CPU ({cpus[0]})", tf_strategy=tf_strategy)
@@ -355,22 +355,22 @@ def _jax_distribution(
     try:
         devices = jax.devices(platform) if platform else jax.devices()
     except RuntimeError:
-        raise ValueError(f"--strategy {strategy}: JAX sees no {platform.upper()} here.") from None
+        raise ValueError(f"strategy={strategy!r}: JAX sees no {platform.upper()} here.") from None
     process_count = jax.process_count()
     process_index = jax.process_index()
     if strategy == "one_device":
         if process_count > 1:
-            raise ValueError("--strategy one_device cannot train across several processes.")
+            raise ValueError("strategy='one_device' cannot train across several processes.")
         devices = devices[:1]
     kind = devices[0].platform.upper()
     if len(devices) % model_parallel != 0:
         raise ValueError(
-            "Expected the number of devices to be divisible by --model-parallel. "
+            "Expected the number of devices to be divisible by model_parallel. "
             f"Received: {len(devices)} {kind} devices, model_parallel={model_parallel}"
         )
     if model_parallel > jax.local_device_count(devices[0].platform):
         raise ValueError(
-            "Expected --model-parallel to be at most the devices of one process, so that "
+            "Expected model_parallel to be at most the devices of one process, so that "
             f"each process holds whole model replicas. Received: model_parallel="
             f"{model_parallel}, local devices={jax.local_device_count(devices[0].platform)}"
         )
@@ -415,12 +415,12 @@ def _torch_distribution(strategy):
 
     if strategy in ("mirrored", "tpu"):
         raise ValueError(
-            f"--strategy {strategy} needs the TensorFlow or JAX backend; with "
-            "KERAS_BACKEND=torch kbert trains on one device (--strategy auto, cpu, gpu or "
+            f"strategy={strategy!r} needs the TensorFlow or JAX backend; with "
+            "KERAS_BACKEND=torch kbert trains on one device (strategy auto, cpu, gpu or "
             "one_device)."
         )
     if strategy == "gpu" and not torch.cuda.is_available():
-        raise ValueError("--strategy gpu: PyTorch sees no GPU on this machine.")
+        raise ValueError("strategy='gpu': PyTorch sees no GPU on this machine.")
     if strategy == "cpu":
         return Distribution(strategy, "one CPU", device="cpu")
     if torch.cuda.is_available():
@@ -438,7 +438,7 @@ def _int_option(name, value, variable):
             return None
         source = f"${variable}"
     else:
-        source = f"--{name.replace('_', '-')}"
+        source = name
     try:
         return int(value)
     except (TypeError, ValueError):

@@ -202,24 +202,21 @@ def _export(
 ):
     import tensorflow as tf
 
+    from kbert import tasks
     from kbert.signatures import build_serving_module
     from kbert.tokenizer import BertPreprocessor, BertTokenizer
 
     config = model_directory.read_config(model_dir)
-    task = config.get("task") or {}
+    task = tasks.from_config(config, purpose="export")
     model = model_directory.load(model_dir)
     sequence_length = resolve_sequence_length(config, model, sequence_length)
     if text_pair is None:
-        text_pair = task_reads_text_pair(task)
+        text_pair = task.reads_text_pair()
     preprocessor = BertPreprocessor(
         BertTokenizer.from_model_dir(model_dir), sequence_length=sequence_length
     )
     module, signatures, method_names = build_serving_module(
-        model,
-        preprocessor,
-        label_names=task.get("label_names"),
-        text_pair=text_pair,
-        top_k=top_k,
+        model, preprocessor, task=task, top_k=top_k, text_pair=text_pair
     )
 
     os.makedirs(base_dir, exist_ok=True)
@@ -246,7 +243,8 @@ def _export(
                 "model": type(model).__name__,
                 "sequence_length": sequence_length,
                 "text_pair": bool(text_pair),
-                "label_names": task.get("label_names"),
+                "task": task.name,
+                "label_names": task.settings.get("label_names"),
                 "signatures": method_names,
                 "tensorflow_text_ops": ops["tensorflow_text"],
                 "tensorflow_version": tf.__version__,
@@ -306,7 +304,7 @@ def _check_version_is_free(base_dir, version):
     if version is not None and version in {number for number, _ in _numbered_entries(base_dir)}:
         raise FileExistsError(
             f"Version {version} already exists in {base_dir}; exports never overwrite a "
-            f"version: pass another --version, or none for the next free one "
+            f"version: pass another version, or version=None for the next free one "
             f"({_next_version(base_dir)})."
         )
 

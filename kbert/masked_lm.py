@@ -3,7 +3,6 @@
 import keras
 from keras import ops
 
-from kbert import losses
 from kbert.functional import FunctionalModel
 from kbert.layers import MaskedLMHead, bert_kernel_initializer
 
@@ -94,26 +93,19 @@ class BertMaskedLM(FunctionalModel):
         return [variable for variable in variables if id(variable) not in pooler]
 
     def compile(self, optimizer="auto", loss="auto", weighted_metrics="auto", **kwargs):
-        """Compiles with BERT defaults where an argument is "auto".
+        """Compiles with the choices of `kbert.tasks.masked_lm` where an argument is "auto".
 
         The defaults are AdamW (learning rate 1e-4, weight decay 0.01), sparse categorical
-        cross-entropy on logits (`kbert.losses`, faster on TensorFlow than Keras'), and
-        accuracy as a weighted metric so that padded prediction slots (weight 0) do not count.
+        cross-entropy on logits (`kbert.losses`), and masked-LM loss and accuracy as weighted
+        metrics so that padded prediction slots (weight 0) do not count.
         """
-        if optimizer == "auto":
-            optimizer = keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.01)
-        if loss == "auto":
-            loss = losses.SparseCategoricalCrossentropy()
-            if self.next_sentence_prediction:
-                loss = {"mlm": loss, "nsp": losses.SparseCategoricalCrossentropy()}
-        if weighted_metrics == "auto":
-            weighted_metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-            if self.next_sentence_prediction:
-                weighted_metrics = {
-                    "mlm": weighted_metrics,
-                    "nsp": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-                }
-        super().compile(optimizer=optimizer, loss=loss, weighted_metrics=weighted_metrics, **kwargs)
+        from kbert import tasks
+
+        task = tasks.for_model(self)
+        arguments = task.compile_arguments(
+            self, optimizer=optimizer, loss=loss, weighted_metrics=weighted_metrics
+        )
+        super().compile(**arguments, **kwargs)
 
     def get_config(self):
         return {

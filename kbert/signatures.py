@@ -54,36 +54,28 @@ INPUT_SPECS = {
 }
 
 
-def build_serving_module(model, preprocessor, label_names=None, text_pair=False, top_k=5):
-    """Builds every signature of an export.
+def build_serving_module(model, preprocessor, task=None, top_k=5, text_pair=None):
+    """Builds every signature of an export: the endpoints of the model's task.
 
     Args:
-        model: a `BertClassifier` or `BertMaskedLM` on the TensorFlow backend.
+        model: a model of one of `kbert.tasks` on the TensorFlow backend.
         preprocessor: the `BertPreprocessor` that turns text into the model's inputs.
-        label_names: class names of a classifier, in label-id order (`None`: "0", "1", ...).
-        text_pair: whether the classifier reads a pair of texts.
+        task: the model's `kbert.tasks.Task`, with the settings of its model directory
+            (class names, whether it reads a text pair); by default, the model class's task.
         top_k: number of candidate tokens per `[MASK]` in `fill_mask`.
+        text_pair: whether a classifier reads a pair of texts (default: from the task).
 
     Returns:
         `(module, signatures, method_names)`: the object to pass to `tf.saved_model.save`, its
         signatures as concrete functions by name, and the method name of each signature.
     """
-    from kbert.classifier import BertClassifier
-    from kbert.masked_lm import BertMaskedLM
+    from kbert import tasks
 
+    task = task or tasks.for_model(model, purpose="export")
     module = tf.Module()
     # The tokenizer carries the vocabulary (assets/vocab.txt) and its WordPiece model.
     module.preprocessor = preprocessor
-
-    if isinstance(model, BertClassifier):
-        endpoints = _classifier_endpoints(model, preprocessor, label_names, text_pair)
-    elif isinstance(model, BertMaskedLM):
-        endpoints = _masked_lm_endpoints(model, preprocessor, top_k)
-    else:
-        raise ValueError(
-            "Expected a BertClassifier or BertMaskedLM to export. "
-            f"Received: {type(model).__name__}"
-        )
+    endpoints = task.serving_endpoints(model, preprocessor, top_k=top_k, text_pair=text_pair)
 
     signatures = {}
     method_names = {}
@@ -110,67 +102,6 @@ def build_serving_module(model, preprocessor, label_names=None, text_pair=False,
         variables.update((id(variable), variable) for variable in function.variables)
     module.model_variables = list(variables.values())
     return module, signatures, method_names
-
-
-def _classifier_endpoints(model, preprocessor, label_names, text_pair):
-    num_classes = model.num_classes
-    regression = num_classes == 1
-    if label_names is None:
-        label_names = [str(index) for index in range(num_classes)]
-    if not regression and len(label_names) != num_classes:
-        raise ValueError(
-            f"Expected {num_classes} label names for a {num_classes}-class model. "
-            f"Received: label_names={label_names!r}"
-        )
-    text_names = ("text", "text_pair") if text_pair else ("text",)
-
-    def run_model(token_ids, segment_ids, padding_mask):
-        logits = model(
-            {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask},
-            training=False,
-        )  # (batch, num_classes), float32
-        if regression:
-            return {"score": logits[:, 0]}
-        probabilities = tf.nn.softmax(logits, axis=-1)
-        label_id = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
-        label = tf.gather(tf.constant(label_names), label_id)
-        return {"probabilities": probabilities, "label_id": label_id, "label": label}
-
-    def from_token_ids(token_ids, segment_ids, padding_mask):
-        return run_model(**checked_token_id_inputs(model.backbone, token_ids, segment_ids, padding_mask))
-
-    def from_text(text, text_pair=None):
-        # Padded to the longest request of the batch, not to the model's sequence length.
-        return run_model(**preprocessor(text, text_pair, pad_to_longest=True))
-
-    def from_examples(inputs):
-        # No default value: an Example without the text is refused, not read as "".
-        features = tf.io.parse_example(
-            inputs, {name: tf.io.FixedLenFeature([], tf.string) for name in text_names}
-        )
-        outputs = from_text(**features)
-        if regression:
-            return {tf.saved_model.REGRESS_OUTPUTS: outputs["score"]}
-        batch_size = tf.shape(inputs)[0]
-        classes = tf.tile(tf.constant(label_names)[None, :], [batch_size, 1])
-        return {
-            tf.saved_model.CLASSIFY_OUTPUT_CLASSES: classes,  # (batch, num_classes)
-            tf.saved_model.CLASSIFY_OUTPUT_SCORES: outputs["probabilities"],
-        }
-
-    return {
-        SERVING_DEFAULT: (from_text, text_names, PREDICT_METHOD),
-        SERVE_TOKEN_IDS: (
-            from_token_ids,
-            ("token_ids", "segment_ids", "padding_mask"),
-            PREDICT_METHOD,
-        ),
-        SERVE_EXAMPLES: (
-            from_examples,
-            (tf.saved_model.CLASSIFY_INPUTS,),
-            REGRESS_METHOD if regression else CLASSIFY_METHOD,
-        ),
-    }
 
 
 def _with_checked_ranks(function, input_names):
@@ -244,69 +175,3 @@ def checked_token_id_inputs(backbone, token_ids, segment_ids, padding_mask):
             name: tf.identity(value[:, : backbone.max_sequence_length])
             for name, value in inputs.items()
         }
-
-
-def _masked_lm_endpoints(model, preprocessor, top_k):
-    tokenizer = preprocessor.tokenizer
-    vocabulary = tf.constant(tokenizer.vocabulary)
-    special_token_ids = [
-        tokenizer.pad_token_id,
-        tokenizer.cls_token_id,
-        tokenizer.sep_token_id,
-        tokenizer.mask_token_id,
-    ]
-    special_token_weights = tf.tensor_scatter_nd_update(
-        tf.ones([model.backbone.vocabulary_size]),
-        [[token_id] for token_id in special_token_ids],
-        tf.zeros([len(special_token_ids)]),
-    )
-    top_k = min(top_k, model.backbone.vocabulary_size - len(special_token_ids))
-
-    def fill_mask(text):
-        # `[MASK]` is cut out of the string before tokenization, so that neither lowercasing
-        # nor punctuation splitting can break it up, and its id is put back between the pieces.
-        pieces = tf.strings.split(text, MASK_TOKEN)  # (batch, (pieces))
-        piece_ids = tokenizer(pieces.flat_values)  # (pieces, (tokens))
-        # Every piece but the last of its text was followed by a [MASK].
-        piece_index = tf.range(tf.size(pieces.flat_values, out_type=tf.int64))
-        last_piece = tf.gather(pieces.row_limits(), pieces.value_rowids()) - 1
-        followed_by_mask = piece_index != last_piece
-        mask_ids = tf.RaggedTensor.from_row_lengths(
-            tf.fill([tf.reduce_sum(tf.cast(followed_by_mask, tf.int32))], tokenizer.mask_token_id),
-            tf.cast(followed_by_mask, tf.int64),
-        )
-        piece_ids = tf.concat([piece_ids, mask_ids], axis=1)
-        token_ids = tf.RaggedTensor.from_row_lengths(piece_ids, pieces.row_lengths())
-        inputs = preprocessor.pack(token_ids.merge_dims(1, 2), pad_to_longest=True)  # (batch, longest)
-        sequence_length = tf.shape(inputs["token_ids"])[1]
-        positions = tf.ragged.boolean_mask(
-            tf.broadcast_to(tf.range(sequence_length), tf.shape(inputs["token_ids"])),
-            inputs["token_ids"] == tokenizer.mask_token_id,
-        )  # (batch, (masks))
-        # The largest count of masks in a row; 0 for a batch of none (or of no texts).
-        num_masks = tf.cast(tf.reduce_max(tf.concat([positions.row_lengths(), [0]], 0)), tf.int32)
-        # The model is asked for at least one position, so that a batch without any [MASK]
-        # still has a shape it runs; the outputs keep only `num_masks` of them.
-        positions = positions.to_tensor(default_value=-1)  # (batch, masks); -1 pads short rows
-        positions = tf.pad(
-            positions, [[0, 0], [0, tf.maximum(1 - num_masks, 0)]], constant_values=-1
-        )  # (batch, max(masks, 1))
-        logits = model(dict(inputs, mask_positions=tf.maximum(positions, 0)), training=False)
-        if isinstance(logits, dict):
-            logits = logits["mlm"]  # (batch, masks, vocabulary_size)
-        probabilities = tf.nn.softmax(logits, axis=-1)
-        # The scores stay the model's probabilities; special tokens are only never proposed.
-        scores, candidate_ids = tf.math.top_k(probabilities * special_token_weights, k=top_k)
-        is_mask = (positions >= 0)[:, :, None]
-        outputs = {
-            "mask_positions": positions,
-            "token_ids": tf.where(is_mask, candidate_ids, -1),
-            "tokens": tf.where(is_mask, tf.gather(vocabulary, candidate_ids), ""),
-            "scores": tf.where(is_mask, scores, 0.0),
-        }
-        return {name: value[:, :num_masks] for name, value in outputs.items()}
-
-    return {
-        SERVING_DEFAULT: (fill_mask, ("text",), PREDICT_METHOD),
-        FILL_MASK: (fill_mask, ("text",), PREDICT_METHOD),
-    }

@@ -163,16 +163,16 @@ def make_learning_rate_schedule(
     """
     if decay not in DECAYS:
         raise ValueError(
-            f"Expected --decay to be one of {', '.join(DECAYS)}. Received: decay={decay!r}"
+            f"Expected decay to be one of {', '.join(DECAYS)}. Received: decay={decay!r}"
         )
     if not isinstance(warmup_steps, int) or warmup_steps < 0:
         raise ValueError(
-            f"Expected --warmup-steps to be a non-negative integer. Received: {warmup_steps!r}"
+            f"Expected warmup_steps to be a non-negative integer. Received: warmup_steps={warmup_steps!r}"
         )
     if decay != "constant":
         if num_train_steps is None or num_train_steps <= warmup_steps:
             raise ValueError(
-                "Expected --warmup-steps to be smaller than the number of training steps. "
+                "Expected warmup_steps to be smaller than num_train_steps, the number of training steps. "
                 f"Received: warmup_steps={warmup_steps}, num_train_steps={num_train_steps}"
             )
     schedules = keras.optimizers.schedules
@@ -320,21 +320,22 @@ def make_optimizer(
     """
     if name not in OPTIMIZERS:
         raise ValueError(
-            f"Expected --optimizer to be one of {', '.join(OPTIMIZERS)}. Received: {name!r}"
+            f"Expected optimizer to be one of {', '.join(OPTIMIZERS)}. Received: optimizer={name!r}"
         )
     if gradient_accumulation_steps is not None and (
         not isinstance(gradient_accumulation_steps, int) or gradient_accumulation_steps < 1
     ):
         raise ValueError(
-            "Expected --gradient-accumulation-steps to be a positive integer. "
-            f"Received: {gradient_accumulation_steps!r}"
+            "Expected gradient_accumulation_steps to be a positive integer. "
+            f"Received: gradient_accumulation_steps={gradient_accumulation_steps!r}"
         )
     if isinstance(learning_rate, (int, float)) and not learning_rate > 0:
         raise ValueError(
             f"Expected learning_rate to be positive. Received: learning_rate={learning_rate!r}"
         )
     if clipnorm is not None and global_clipnorm is not None:
-        raise ValueError("Expected only one of --clipnorm and --global-clipnorm to be set.")
+        raise ValueError("Expected only one of clipnorm and global_clipnorm to be set. "
+            f"Received: clipnorm={clipnorm!r}, global_clipnorm={global_clipnorm!r}")
     schedule = make_learning_rate_schedule(
         learning_rate,
         num_train_steps=num_train_steps,
@@ -375,7 +376,7 @@ def set_precision(precision):
     """
     if precision not in PRECISIONS:
         raise ValueError(
-            f"Expected --precision to be one of {', '.join(PRECISIONS)}. Received: {precision!r}"
+            f"Expected precision to be one of {', '.join(PRECISIONS)}. Received: precision={precision!r}"
         )
     keras.config.set_dtype_policy(precision)
 
@@ -444,16 +445,10 @@ def fit(
     """
     steps_per_epoch = _steps_per_epoch(train_data, steps_per_epoch)
     num_train_steps = _num_train_steps(epochs, steps_per_epoch, num_train_steps)
-    if backup_every is not None and (not isinstance(backup_every, int) or backup_every < 1):
-        raise ValueError(
-            f"Expected --backup-every to be a positive integer. Received: {backup_every!r}"
-        )
+    _check_backup_every(backup_every)
     # Compared with the copy stored in JSON, so it is normalised through JSON.
-    run_config = json.loads(
-        json.dumps(
-            dict(run_config or {}, num_train_steps=num_train_steps, steps_per_epoch=steps_per_epoch)
-        )
-    )
+    run_config = dict(run_config or {}, num_train_steps=num_train_steps, steps_per_epoch=steps_per_epoch)
+    run_config = json.loads(json.dumps(run_config))
     distribution = distribution or Distribution()
     _check_accumulation_is_supported(model, distribution)
     is_chief = distribution.is_chief
@@ -462,48 +457,19 @@ def fit(
     state = TrainingState(os.path.join(output_dir, BACKUP_DIR))
 
     with distribution.scope():
-        latest = state.latest()
-        if latest is not None and latest.get("run_config") != run_config:
-            raise ValueError(
-                f"{output_dir} holds a training run with other settings "
-                f"({_config_difference(latest.get('run_config'), run_config)}); "
-                "choose another output directory or delete it to start over."
-            )
-        if model.optimizer is not None and not model.optimizer.built:
-            # Built now so that every backup, the first included, holds the optimizer state.
-            model.optimizer.build(model.trainable_variables)
-        start_step = state.restore(model)
-        if start_step == 0 and is_chief:
-            # Step 0 is the last good state should the loss diverge before the first backup.
-            state.save(model, 0, run_config)
-        if start_step and is_chief:
-            print(
-                f"Resuming from the backup at step {start_step} of {num_train_steps} "
-                f"in {state.directory}",
-                flush=True,
-            )
+        start_step = _resume(model, state, output_dir, run_config, num_train_steps, is_chief)
         history = read_history(output_dir, up_to_step=start_step)
 
         def epoch_end_step(epoch):
             return min((epoch + 1) * steps_per_epoch, num_train_steps)
 
+        resumed_epoch = start_step // steps_per_epoch if start_step % steps_per_epoch else None
         history_logger = HistoryLogger(
-            output_dir,
-            history,
-            epoch_end_step,
-            write=is_chief,
-            resumed_epoch=start_step // steps_per_epoch if start_step % steps_per_epoch else None,
+            output_dir, history, epoch_end_step, write=is_chief, resumed_epoch=resumed_epoch
         )
         extra_callbacks = list(callbacks or [])
-        if is_chief and _tensorboard_installed():
-            extra_callbacks.append(
-                keras.callbacks.TensorBoard(
-                    log_dir=os.path.join(output_dir, LOGS_DIR),
-                    update_freq=tensorboard_update_freq,
-                )
-            )
-        elif is_chief:
-            print("No TensorBoard logs: pip install tensorboard to get them.", flush=True)
+        if is_chief:
+            extra_callbacks += _tensorboard_callbacks(output_dir, tensorboard_update_freq)
         if validation_data is not None:
             validation_data = distribution.distribute_dataset(validation_data)
         for first_step, last_step, segment_steps_per_epoch in _segments(
@@ -541,6 +507,46 @@ def fit(
     return history
 
 
+def _check_backup_every(backup_every):
+    if backup_every is not None and (not isinstance(backup_every, int) or backup_every < 1):
+        raise ValueError(
+            f"Expected backup_every to be a positive integer. Received: backup_every={backup_every!r}"
+        )
+
+
+def _resume(model, state, output_dir, run_config, num_train_steps, is_chief):
+    """Restores the latest backup of this run into `model`; returns its step (0: none)."""
+    latest = state.latest()
+    if latest is not None and latest.get("run_config") != run_config:
+        raise ValueError(
+            f"{output_dir} holds a training run with other settings "
+            f"({_config_difference(latest.get('run_config'), run_config)}); "
+            "choose another output directory or delete it to start over."
+        )
+    if model.optimizer is not None and not model.optimizer.built:
+        # Built now so that every backup, the first included, holds the optimizer state.
+        model.optimizer.build(model.trainable_variables)
+    start_step = state.restore(model)
+    if start_step == 0 and is_chief:
+        # Step 0 is the last good state should the loss diverge before the first backup.
+        state.save(model, 0, run_config)
+    if start_step and is_chief:
+        print(
+            f"Resuming from the backup at step {start_step} of {num_train_steps} "
+            f"in {state.directory}",
+            flush=True,
+        )
+    return start_step
+
+
+def _tensorboard_callbacks(output_dir, update_freq):
+    if not _tensorboard_installed():
+        print("No TensorBoard logs: pip install tensorboard to get them.", flush=True)
+        return []
+    log_dir = os.path.join(output_dir, LOGS_DIR)
+    return [keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=update_freq)]
+
+
 def _check_accumulation_is_supported(model, distribution):
     optimizer = getattr(model, "optimizer", None)
     optimizer = getattr(optimizer, "inner_optimizer", optimizer)
@@ -551,9 +557,10 @@ def _check_accumulation_is_supported(model, distribution):
     ):
         # Keras 3 accumulates inside a tf.cond, where tf.distribute cannot sum gradients.
         raise ValueError(
-            "--gradient-accumulation-steps does not work under a multi-replica TensorFlow "
-            f"strategy ({distribution.description}); use a larger --batch-size or the JAX "
-            "backend."
+            "Expected gradient_accumulation_steps=None under a multi-replica TensorFlow "
+            f"strategy ({distribution.description}), where accumulation does not work; use a "
+            "larger batch_size or the JAX backend. "
+            f"Received: gradient_accumulation_steps={optimizer.gradient_accumulation_steps}"
         )
 
 
@@ -562,7 +569,7 @@ def _stop_on_non_finite_loss(model, state, backup_callback):
     raise LossNotFiniteError(
         f"Training stopped at step {backup_callback.non_finite_step}: the loss became "
         f"{backup_callback.non_finite_loss}; the model is back at the last good backup "
-        f"(step {good_step}, kept in {state.directory}). Lower --learning-rate or check "
+        f"(step {good_step}, kept in {state.directory}). Lower the learning_rate or check "
         "the data, then run again."
     )
 
@@ -602,13 +609,13 @@ def _steps_per_epoch(train_data, steps_per_epoch):
 def _num_train_steps(epochs, steps_per_epoch, num_train_steps):
     if num_train_steps is None:
         if epochs is None:
-            raise ValueError("Expected --epochs or --steps to say how long to train.")
+            raise ValueError("Expected epochs or num_train_steps to say how long to train. Received: neither")
         if not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"Expected --epochs to be a positive integer. Received: {epochs!r}")
+            raise ValueError(f"Expected epochs to be a positive integer. Received: epochs={epochs!r}")
         return epochs * steps_per_epoch
     if not isinstance(num_train_steps, int) or num_train_steps < 1:
         raise ValueError(
-            f"Expected --steps to be a positive integer. Received: {num_train_steps!r}"
+            f"Expected num_train_steps to be a positive integer. Received: num_train_steps={num_train_steps!r}"
         )
     return num_train_steps
 

@@ -14,7 +14,7 @@ import warnings
 
 import keras
 
-from kbert import files, model_dir
+from kbert import config, files, model_dir, tasks
 
 PRETRAINING_TASK = "masked_lm"
 
@@ -75,110 +75,46 @@ def pretrain(
     Returns:
         The run's history (a dict of lists).
     """
-    from kbert import distribution as distribution_lib
-    from kbert import training
+    arguments = dict(locals())  # before any other name is bound: the run's settings
     from kbert.backbone import BertBackbone
-    from kbert.data import pretraining_dataset
-    from kbert.masked_lm import BertMaskedLM
     from kbert.tokenizer import BertTokenizer
 
     _check_positive("num_train_steps", num_train_steps)
     _check_positive("batch_size", batch_size)
+    task = tasks.get(PRETRAINING_TASK)
     tokenizer = BertTokenizer(vocabulary, lowercase=lowercase, strip_accents=strip_accents)
-    training.set_precision(precision)
-    distribution = distribution_lib.make_distribution(strategy, **(distribution_options or {}))
-    keras.utils.set_random_seed(seed)
-    steps_per_epoch = steps_per_epoch or min(num_train_steps, 500)
-    warmup_steps = int(0.1 * num_train_steps) if warmup_steps is None else warmup_steps
-    data_options = dict(
-        tokenizer=tokenizer,
-        batch_size=batch_size,
-        sequence_length=sequence_length,
-        num_predictions=num_predictions,
-        whole_word_masking=whole_word_masking,
-        next_sentence_prediction=next_sentence_prediction,
-        text_key=text_key,
-        data_dir=data_dir,
+    validation, validation_split = _held_out_text(source, split, validation, validation_split)
+    train_data, validation_data = task.datasets(
+        source, split, validation=validation, validation_split=validation_split,
+        validation_steps=validation_steps, seed=seed, tokenizer=tokenizer, batch_size=batch_size,
+        sequence_length=sequence_length, num_predictions=num_predictions,
+        whole_word_masking=whole_word_masking, next_sentence_prediction=next_sentence_prediction,
+        text_key=text_key, data_dir=data_dir,
     )
 
-    def train_data(input_context=None):
-        return pretraining_dataset(
-            source, split=split, seed=seed, input_context=input_context, **data_options
-        )
-
-    if validation is None and validation_split is not None:
-        validation = source
-        if validation_split == split:
-            raise ValueError(
-                f"--validation-split {validation_split} is the training split; hold out "
-                f"another one, e.g. --split 'train[:90%]' --validation-split 'train[90%:]'"
-            )
-    if validation is not None and validation_split is None:
-        validation_split = "train"
-
-    def validation_data(input_context=None):
-        # A fixed seed: every evaluation masks the same positions, so epochs compare.
-        return pretraining_dataset(
-            validation, split=validation_split, shuffle=False, seed=1234,
-            input_context=input_context, **data_options
-        ).take(validation_steps)
-
-    # Built once here, eagerly, so that bad input (a missing file, an empty corpus) stops the
-    # run with its own message before any model is built; training builds the pipelines
-    # again inside tf.data, where errors would surface wrapped in tracing errors.
-    train_data()
-    if validation:
-        validation_data()
-    with distribution.scope():
+    def build_model():
         backbone = BertBackbone.from_size(
             size,
             vocabulary_size=tokenizer.vocabulary_size,
             max_sequence_length=max(512, sequence_length),
             dropout=dropout,
         )
-        model = BertMaskedLM(backbone, next_sentence_prediction=next_sentence_prediction)
-        _refuse_other_model(output_dir, model)
-        _compile(
-            model,
-            jit_compile=jit_compile,
-            name=optimizer,
-            learning_rate=learning_rate,
-            num_train_steps=num_train_steps,
-            warmup_steps=warmup_steps,
-            weight_decay=weight_decay,
-            gradient_accumulation_steps=gradient_accumulation_steps,
-            precision=precision,
-        )
-    tokenizer_settings = dict(tokenizer.get_config(), sequence_length=sequence_length)
-    with _without_misleading_warnings():
-        history = training.fit(
-            model,
-            train_data,
-            output_dir,
-            num_train_steps=num_train_steps,
-            steps_per_epoch=steps_per_epoch,
-            validation_data=validation_data if validation else None,
-            distribution=distribution,
-            backup_every=backup_every,
-            run_config=dict(
-                job="pretrain",
-                model=model_dir.architecture(model),
-                tokenizer=tokenizer_settings,
-                source=_describe(source),
-                batch_size=batch_size,
-                learning_rate=learning_rate,
-                seed=seed,
-            ),
-            verbose=verbose,
-        )
-    if distribution.is_chief:
-        model_dir.save(
-            model,
-            output_dir,
-            vocabulary,
-            tokenizer=tokenizer_settings,
-            task={"name": PRETRAINING_TASK, "metric": "masked_lm"},
-        )
+        return task.build_model(backbone, next_sentence_prediction=next_sentence_prediction)
+
+    history, _ = train_task(
+        task,
+        build_model,
+        train_data,
+        validation_data,
+        *_configs(arguments),
+        num_train_steps=num_train_steps,
+        steps_per_epoch=steps_per_epoch or min(num_train_steps, 500),
+        vocabulary=vocabulary,
+        tokenizer_settings=dict(tokenizer.get_config(), sequence_length=sequence_length),
+        task_settings={"name": PRETRAINING_TASK, "metric": "masked_lm"},
+        run_settings=dict(job="pretrain", source=_describe(source), batch_size=batch_size),
+        probe_train=True,
+    )
     return history
 
 
@@ -232,41 +168,34 @@ def finetune(
     Returns:
         `(history, metrics)`: the run's history and the final validation metrics (or `{}`).
     """
-    from kbert import distribution as distribution_lib
-    from kbert import training
-    from kbert.classifier import BertClassifier
-    from kbert.data import classification_dataset, load_labeled_texts
+    arguments = dict(locals())  # before any other name is bound: the run's settings
+    from kbert.data import load_labeled_texts
     from kbert.data.sources import is_local
     from kbert.tokenizer import BertPreprocessor, BertTokenizer
 
-    _check_positive("epochs", epochs)
-    _check_positive("batch_size", batch_size)
-    _check_positive("sequence_length", sequence_length)
-    model_dir.read_config(init)  # a bad --init stops here, before the data is read
+    for name, value in dict(epochs=epochs, batch_size=batch_size, sequence_length=sequence_length).items():
+        _check_positive(name, value)
+    model_dir.read_config(init)  # a bad init stops here, before the data is read
     source_options = dict(
-        task=task,
-        text_columns=text_columns,
-        label_column=label_column,
-        label_names=label_names,
-        regression=regression,
-        header=header,
-        delimiter=delimiter,
-        data_dir=data_dir,
+        task=task, text_columns=text_columns, label_column=label_column, label_names=label_names,
+        regression=regression, header=header, delimiter=delimiter, data_dir=data_dir,
     )
     training_texts = load_labeled_texts(train, split=train_split, **source_options)
     if validation is None and not is_local(train):
-        validation, validation_split = train, validation_split
+        validation = train
     # Validation labels must mean what training labels mean.
     source_options["label_names"] = training_texts.label_names
-    num_classes = training_texts.num_classes
-    glue = training_texts.task
-    metric = glue.metric if glue else ("pearson_spearman" if num_classes == 1 else "accuracy")
-
-    training.set_precision(precision)
-    distribution = distribution_lib.make_distribution(strategy, **(distribution_options or {}))
-    keras.utils.set_random_seed(seed)
+    steps_per_epoch = _steps_per_epoch(training_texts, batch_size, train)
+    settings = _classification_settings(training_texts, text_columns, label_column)
+    classification = tasks.get(settings["name"], settings)
     tokenizer = BertTokenizer.from_model_dir(init)
-    with distribution.scope():
+    train_data, validation_data = classification.datasets(
+        train, BertPreprocessor(tokenizer, sequence_length=sequence_length), batch_size,
+        train_split=train_split, validation=validation, validation_split=validation_split,
+        seed=seed, bucket=bucket, **source_options,
+    )
+
+    def build_model():
         backbone = _load_backbone(init, dropout)
         if sequence_length > backbone.max_sequence_length:
             raise ValueError(
@@ -274,90 +203,101 @@ def finetune(
                 f"longest the model in {init} takes (its max_sequence_length). "
                 f"Received: sequence_length={sequence_length}"
             )
-        model = BertClassifier(backbone, num_classes=num_classes, dropout=dropout)
-        _refuse_other_model(output_dir, model)
-        preprocessor = BertPreprocessor(tokenizer, sequence_length=sequence_length)
-        steps_per_epoch = math.ceil((training_texts.num_examples or 0) / batch_size) or None
-        if steps_per_epoch is None:
-            raise ValueError(f"Could not count the training examples of {train}")
-        num_train_steps = epochs * steps_per_epoch
-        _compile(
+        return classification.build_model(backbone, settings["num_classes"], dropout=dropout)
+
+    run_settings = dict(job="finetune", init=os.path.abspath(init), task=settings,
+                        train=_describe(train), batch_size=batch_size)
+    return train_task(
+        classification, build_model, train_data, validation_data, *_configs(arguments),
+        num_train_steps=epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch,
+        vocabulary=model_dir.vocabulary_path(init),
+        tokenizer_settings=dict(tokenizer.get_config(), sequence_length=sequence_length),
+        task_settings=settings, run_settings=run_settings, evaluate=True,
+    )
+
+
+def train_task(
+    task,
+    build_model,
+    train_data,
+    validation_data,
+    run,
+    optimizer,
+    num_train_steps,
+    steps_per_epoch,
+    vocabulary,
+    tokenizer_settings,
+    task_settings,
+    run_settings,
+    probe_train=False,
+    evaluate=False,
+):
+    """The steps every training job shares: what differs comes in as arguments.
+
+    Sets precision, distribution and seed, builds the input pipelines once eagerly, builds
+    and compiles the model in the distribution's scope with the task's loss and metrics,
+    trains it resumably (`kbert.training.fit`) and saves the model directory.
+
+    Args:
+        task: the `kbert.tasks.Task` trained.
+        build_model: a function of no arguments returning the model, called in scope.
+        train_data, validation_data: functions of an `input_context` returning batches
+            (`validation_data` may be `None`).
+        run: a `kbert.config.RunConfig`; optimizer: a `kbert.config.OptimizerConfig`.
+        num_train_steps, steps_per_epoch: the run's length and its logging period.
+        vocabulary: the `vocab.txt` saved with the model.
+        tokenizer_settings, task_settings: saved in the model directory's config.
+        run_settings: what else identifies the run (a backup of another run is not resumed).
+        probe_train: build the training pipeline eagerly first, so bad input stops the run
+            with its own message (inside tf.data it would surface wrapped in tracing errors).
+        evaluate: score the validation data at the end (written to `metrics.json`).
+
+    Returns:
+        `(history, metrics)`: the run's history and the final validation metrics (or `{}`).
+    """
+    from kbert import distribution as distribution_lib
+    from kbert import training
+
+    training.set_precision(run.precision)
+    distribution = distribution_lib.make_distribution(
+        run.strategy, **(run.distribution_options or {})
+    )
+    keras.utils.set_random_seed(run.seed)
+    if probe_train:
+        train_data()
+    if validation_data is not None:
+        validation_data()
+    with distribution.scope():
+        model = build_model()
+        _refuse_other_model(run.output_dir, model)
+        task.compile(
             model,
-            metric=metric,
-            jit_compile=jit_compile,
-            name=optimizer,
-            learning_rate=learning_rate,
-            num_train_steps=num_train_steps,
-            warmup_steps=int(warmup_ratio * num_train_steps),
-            weight_decay=weight_decay,
-            gradient_accumulation_steps=gradient_accumulation_steps,
-            precision=precision,
+            optimizer=optimizer.make(num_train_steps, precision=run.precision),
+            jit_compile=run.jit_compile,
         )
-    bucket_boundaries = "auto" if bucket else None
-
-    def train_data(input_context=None):
-        return classification_dataset(
-            train, preprocessor, batch_size, split=train_split, seed=seed,
-            bucket_boundaries=bucket_boundaries, input_context=input_context, **source_options,
-        )
-
-    def validation_data(input_context=None):
-        return classification_dataset(
-            validation, preprocessor, batch_size, split=validation_split, shuffle=False,
-            bucket_boundaries=bucket_boundaries, input_context=input_context, **source_options,
-        )
-
-    if validation is not None:
-        validation_data()  # eagerly, as in `pretrain`: bad validation input stops here
-    tokenizer_settings = dict(tokenizer.get_config(), sequence_length=sequence_length)
-    task_settings = {
-        "name": glue.name if glue else "classification",
-        "label_names": list(training_texts.label_names) if training_texts.label_names else None,
-        "num_classes": num_classes,
-        "metric": metric,
-        "text_columns": (
-            list(text_columns) if text_columns else list(glue.text_columns) if glue else None
-        ),
-        "label_column": label_column,
-        "text_pair": training_texts.has_text_pair,
-    }
-    with _without_misleading_warnings():
+    run_config = dict(
+        run_settings,
+        model=model_dir.architecture(model),
+        tokenizer=tokenizer_settings,
+        learning_rate=optimizer.learning_rate,
+        seed=run.seed,
+    )
+    with without_misleading_warnings():
         history = training.fit(
-            model,
-            train_data,
-            output_dir,
-            num_train_steps=num_train_steps,
-            steps_per_epoch=steps_per_epoch,
-            validation_data=validation_data if validation is not None else None,
-            distribution=distribution,
-            backup_every=backup_every,
-            run_config=dict(
-                job="finetune",
-                init=os.path.abspath(init),
-                model=model_dir.architecture(model),
-                tokenizer=tokenizer_settings,
-                task=task_settings,
-                train=_describe(train),
-                batch_size=batch_size,
-                learning_rate=learning_rate,
-                seed=seed,
-            ),
-            verbose=verbose,
+            model, train_data, run.output_dir, num_train_steps=num_train_steps,
+            steps_per_epoch=steps_per_epoch, validation_data=validation_data,
+            distribution=distribution, backup_every=run.backup_every, run_config=run_config,
+            verbose=run.verbose,
         )
     metrics = {}
-    if validation is not None:
-        with _without_misleading_warnings():
-            metrics = _round(model.evaluate(validation_data(), return_dict=True, verbose=0))
+    if evaluate and validation_data is not None:
+        metrics = _round(task.evaluate(model, validation_data(), compile=False))
     if distribution.is_chief:
         model_dir.save(
-            model,
-            output_dir,
-            model_dir.vocabulary_path(init),
-            tokenizer=tokenizer_settings,
-            task=task_settings,
+            model, run.output_dir, vocabulary, tokenizer=tokenizer_settings, task=task_settings
         )
         if metrics:
-            files.write_json(os.path.join(output_dir, "metrics.json"), metrics)
+            files.write_json(os.path.join(run.output_dir, "metrics.json"), metrics)
     return history, metrics
 
 
@@ -386,59 +326,32 @@ def evaluate(
     data and "train" (all of the text) for a masked LM's `.txt` files, where a slice such as
     "train[90%:]" scores documents held out with `pretrain(..., validation_split=...)`.
     """
-    from kbert.data import classification_dataset, pretraining_dataset
-    from kbert.tokenizer import BertPreprocessor, BertTokenizer
+    from kbert.tokenizer import BertTokenizer
 
     _check_positive("batch_size", batch_size)
     if steps is not None:
         # None means every batch; 0 would score nothing.
         _check_positive("steps", steps)
     config = model_dir.read_config(directory)
-    saved_task = config.get("task") or {}
+    task_of_model = tasks.from_config(config, purpose="evaluate")
     model = model_dir.load(directory)
-    tokenizer = BertTokenizer.from_model_dir(directory)
-    sequence_length = config["tokenizer"].get("sequence_length", 128)
-    class_name = config["model"]["class_name"]
-    if class_name == "BertMaskedLM":
-        if model.next_sentence_prediction:
-            raise ValueError(
-                f"{directory} holds a masked LM with a next-sentence head; evaluate scores "
-                "masked LMs without one"
-            )
-        dataset = pretraining_dataset(
-            data, tokenizer, batch_size, split=split or "train", data_dir=data_dir,
-            sequence_length=sequence_length, shuffle=False,
-            seed=1234, num_predictions=model.input["mask_positions"].shape[1], cache=False,
-        )
-        if steps is not None:
-            dataset = dataset.take(steps)
-        _compile(model)
-        with _without_misleading_warnings():
-            metrics = model.evaluate(dataset, return_dict=True, verbose=0)
-        metrics["unigram_baseline_accuracy"] = _most_frequent_target_share(dataset)
-        return _round(metrics)
-    if class_name != "BertClassifier":
-        raise ValueError(f"{directory} holds a {class_name}, which has no task to evaluate")
-    source_options = dict(
-        task=task or (saved_task.get("name") if saved_task.get("name") != "classification" else None),
-        text_columns=text_columns or saved_task.get("text_columns"),
-        label_column=label_column if label_column is not None else saved_task.get("label_column"),
-        label_names=saved_task.get("label_names"),
-        regression=saved_task.get("num_classes") == 1,
+    dataset = task_of_model.evaluation_dataset(
+        model,
+        BertTokenizer.from_model_dir(directory),
+        data,
+        sequence_length=config["tokenizer"].get("sequence_length", 128),
+        batch_size=batch_size,
+        split=split,
+        data_dir=data_dir,
+        task=task,
+        text_columns=text_columns,
+        label_column=label_column,
         header=header,
         delimiter=delimiter,
-        data_dir=data_dir,
-    )
-    preprocessor = BertPreprocessor(tokenizer, sequence_length=sequence_length)
-    dataset = classification_dataset(
-        data, preprocessor, batch_size, split=split or "validation", shuffle=False,
-        **source_options
     )
     if steps is not None:
         dataset = dataset.take(steps)
-    _compile(model, metric=saved_task.get("metric", "accuracy"))
-    with _without_misleading_warnings():
-        return _round(model.evaluate(dataset, return_dict=True, verbose=0))
+    return _round(task_of_model.evaluate(model, dataset))
 
 
 def quickstart(
@@ -476,7 +389,9 @@ def quickstart(
     if train is None:
         train, task = "glue/sst2", task or "sst2"
     elif validation is None:
-        raise ValueError("--validation is needed with --train (a file of held-out examples)")
+        raise ValueError(
+            "Expected validation (a file of held-out examples) with train. Received: validation=None"
+        )
     pretrained_dir = os.path.join(output_dir, "pretrained")
     finetuned_dir = os.path.join(output_dir, "finetuned")
     vocabulary_path = os.path.join(output_dir, "vocab.txt")
@@ -516,7 +431,7 @@ def quickstart(
 
 
 @contextlib.contextmanager
-def _without_misleading_warnings():
+def without_misleading_warnings():
     """Silences two Keras warnings that are false alarms in these jobs.
 
     Keras warns "Your input ran out of data" at the end of every pass over a dataset of
@@ -532,40 +447,51 @@ def _without_misleading_warnings():
         yield
 
 
-def _compile(model, metric=None, jit_compile="auto", **optimizer_options):
-    """Compiles `model` with the loss and metrics of its task.
+def _configs(arguments):
+    """The `RunConfig` and `OptimizerConfig` of a job, from its arguments (named as the fields)."""
+    run = config.RunConfig(**{name: arguments[name] for name in config.fields(config.RunConfig)})
+    optimizer = config.OptimizerConfig(
+        **{name: arguments[name] for name in config.fields(config.OptimizerConfig) if name in arguments}
+    )
+    return run, optimizer
 
-    A masked LM gets masked-LM loss and weighted accuracy (and next-sentence accuracy with an
-    NSP head), a classifier cross-entropy (mean squared error for regression) and `metric`,
-    its task's GLUE metric. `optimizer_options` go to `kbert.training.make_optimizer`; without
-    them the model is compiled for evaluation only.
-    """
-    from kbert import training
-    from kbert.masked_lm import BertMaskedLM
-    from kbert.metrics import masked_lm_metrics, metrics_for
 
-    if isinstance(model, BertMaskedLM):
-        # "auto": BertMaskedLM's own loss (kbert.losses), per head when it has two.
-        losses = dict(loss="auto", weighted_metrics=masked_lm_metrics())
-        if model.next_sentence_prediction:
-            losses = dict(
-                loss="auto",
-                weighted_metrics={
-                    "mlm": losses["weighted_metrics"],
-                    "nsp": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-                },
+def _held_out_text(source, split, validation, validation_split):
+    """`(validation, validation_split)` of a pretraining run: without `validation`, a split of `source`."""
+    if validation is None and validation_split is not None:
+        validation = source
+        if validation_split == split:
+            raise ValueError(
+                "Expected validation_split to be another split than split, which trains: "
+                "e.g. split='train[:90%]', validation_split='train[90%:]'. "
+                f"Received: split={split!r}, validation_split={validation_split!r}"
             )
-    else:
-        regression = model.num_classes == 1
-        losses = dict(
-            loss=keras.losses.MeanSquaredError()
-            if regression
-            else keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=metrics_for(metric or "accuracy", model.num_classes),
-        )
-    if optimizer_options:
-        losses["optimizer"] = training.make_optimizer(**optimizer_options)
-    model.compile(jit_compile=jit_compile, **losses)
+    return validation, validation_split or "train"
+
+
+def _steps_per_epoch(training_texts, batch_size, train):
+    """Batches in one pass over the training examples."""
+    steps_per_epoch = math.ceil((training_texts.num_examples or 0) / batch_size)
+    if not steps_per_epoch:
+        raise ValueError(f"Could not count the training examples of {train}")
+    return steps_per_epoch
+
+
+def _classification_settings(training_texts, text_columns, label_column):
+    """What a classifier's model directory records about its task (see `kbert.tasks`)."""
+    glue = training_texts.task
+    num_classes = training_texts.num_classes
+    return {
+        "name": glue.name if glue else "classification",
+        "label_names": list(training_texts.label_names) if training_texts.label_names else None,
+        "num_classes": num_classes,
+        "metric": glue.metric if glue else ("pearson_spearman" if num_classes == 1 else "accuracy"),
+        "text_columns": (
+            list(text_columns) if text_columns else list(glue.text_columns) if glue else None
+        ),
+        "label_column": label_column,
+        "text_pair": training_texts.has_text_pair,
+    }
 
 
 def _load_backbone(directory, dropout):
@@ -599,22 +525,9 @@ def _refuse_other_model(output_dir, model):
     existing = model_dir.read_config(output_dir)["model"]
     if existing != model_dir.architecture(model):
         raise FileExistsError(
-            f"--output {output_dir} already holds a different model "
-            f"({existing.get('class_name')}); choose another output directory"
+            f"{output_dir} already holds a different model "
+            f"({existing.get('class_name')}); choose another output_dir"
         )
-
-
-def _most_frequent_target_share(dataset):
-    import numpy as np
-
-    counts = {}
-    total = 0.0
-    for _, mask_ids, mask_weights in dataset.as_numpy_iterator():
-        for token_id, weight in zip(mask_ids.ravel(), mask_weights.ravel()):
-            if weight > 0:
-                counts[token_id] = counts.get(token_id, 0.0) + weight
-                total += weight
-    return float(max(counts.values()) / total) if total else float(np.nan)
 
 
 def _check_positive(name, value):

@@ -165,7 +165,7 @@ def test_classifier_round_trip(tmp_path):
 def test_not_a_keras_hub_bert_preset(tmp_path, minilm_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         read_keras_hub(tmp_path / "absent")
-    with pytest.raises(ConversionError, match="--from huggingface"):
+    with pytest.raises(ConversionError, match="from_format='huggingface'"):
         read_keras_hub(minilm_path)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "config.json").write_text(

@@ -6,6 +6,12 @@ so that a mistake is reported with the flag's name before any data or model is r
 
 import argparse
 import math
+import re
+
+from kbert import distribution, training
+
+# Where a library message names a parameter: `name=value`, or "Expected name to ...".
+_NAMED_PARAMETER = re.compile(r"\b([a-z][a-z0-9_]*)=|\bExpected ([a-z][a-z0-9_]*) to\b")
 
 
 def add_training_arguments(parser, learning_rate, batch_size=32):
@@ -14,7 +20,7 @@ def add_training_arguments(parser, learning_rate, batch_size=32):
                        help=f"global batch size, split over replicas (default: {batch_size})")
     group.add_argument("--sequence-length", type=positive_int, default=128,
                        help="tokens per sequence, [CLS] and [SEP] included (default: 128)")
-    group.add_argument("--optimizer", default="adamw", choices=("adamw", "lamb"),
+    group.add_argument("--optimizer", default="adamw", choices=training.OPTIMIZERS,
                        help="optimizer (default: adamw)")
     group.add_argument("--learning-rate", type=positive_float, default=learning_rate,
                        help=f"peak learning rate after warmup (default: {learning_rate})")
@@ -24,7 +30,7 @@ def add_training_arguments(parser, learning_rate, batch_size=32):
                        help="sum gradients over this many batches before each update")
     group.add_argument("--dropout", type=float, default=0.1, help="dropout rate (default: 0.1)")
     group.add_argument("--precision", default="float32",
-                       choices=("float32", "mixed_bfloat16", "mixed_float16"),
+                       choices=training.PRECISIONS,
                        help="dtype policy (default: float32)")
     group.add_argument("--jit-compile", default="auto", type=_auto_or_bool,
                        help="XLA: auto, true or false (default: auto, Keras' choice per device)")
@@ -35,7 +41,7 @@ def add_training_arguments(parser, learning_rate, batch_size=32):
 
     group = parser.add_argument_group("distribution")
     group.add_argument("--strategy", default="auto",
-                       choices=("auto", "cpu", "gpu", "mirrored", "tpu", "one_device"),
+                       choices=distribution.STRATEGIES,
                        help="devices to train on (default: auto: TPU, else all GPUs, else CPU)")
     group.add_argument("--coordinator-address", default=None,
                        help="host:port of process 0 for multi-process JAX training")
@@ -133,3 +139,29 @@ def _auto_or_bool(value):
     if lowered in ("auto", "true", "false"):
         return lowered if lowered == "auto" else lowered == "true"
     raise argparse.ArgumentTypeError(f"expected auto, true or false, got {value!r}")
+
+
+def flags_of_parameters(parser):
+    """`{parameter name: flag}` of a subcommand's parser, e.g. `learning_rate: --learning-rate`."""
+    flags = {}
+    for action in parser._actions:
+        long_options = [option for option in action.option_strings if option.startswith("--")]
+        if long_options:
+            flags.setdefault(action.dest, long_options[0])
+    return flags
+
+
+def with_flag_names(message, flags):
+    """A library error `message`, which names parameters, with the flags that set them added.
+
+    Library errors speak to Python callers (`learning_rate=0`); the command line user is told
+    which flag that is, after the message, which stays as the library wrote it.
+    """
+    named = []
+    for match in _NAMED_PARAMETER.finditer(message):
+        flag = flags.get(match.group(1) or match.group(2))
+        if flag is not None and flag not in named and flag not in message:
+            named.append(flag)
+    if not named:
+        return message
+    return f"{message} ({'flags' if len(named) > 1 else 'flag'}: {', '.join(named)})"

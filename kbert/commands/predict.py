@@ -131,139 +131,55 @@ class _SavedModelPredictor:
     """Runs the SavedModel's `serving_default` signature, nothing else."""
 
     def __init__(self, path):
+        from kbert import tasks
         from kbert.serving import SavedModelServer
+        from kbert.signatures import FILL_MASK
 
         self.server = SavedModelServer(path)
         self.text_pair = "text_pair" in self.server.input_names()
+        # The signatures tell the task: exports carry no model directory config.
+        name = "masked_lm" if FILL_MASK in self.server.signature_defs else "classification"
+        self.task = tasks.get(name)
 
     def predict(self, texts, text_pairs=None):
-        from kbert.serving import to_json_value
         from kbert.signatures import SERVING_DEFAULT
 
         inputs = {"text": np.array(texts, dtype=object)}
         if self.text_pair:
             inputs["text_pair"] = np.array(text_pairs, dtype=object)
-        outputs = self.server.run(SERVING_DEFAULT, inputs)
-        outputs = {name: to_json_value(value, name) for name, value in outputs.items()}
-        return _rows(outputs, len(texts))
+        return _rows(self.task, self.server.run(SERVING_DEFAULT, inputs), len(texts))
 
 
 class _KerasPredictor:
-    """Runs the Keras model of a model directory with the preprocessing of the export."""
+    """Runs the Keras model of a model directory through its task's serving function."""
 
     def __init__(self, model_dir, top_k):
-        import kbert
         from kbert import model_dir as model_directory
-        from kbert.export import resolve_sequence_length, task_reads_text_pair
+        from kbert import tasks
+        from kbert.export import resolve_sequence_length
         from kbert.tokenizer import BertPreprocessor, BertTokenizer
 
         config = model_directory.read_config(model_dir)
-        task = config.get("task") or {}
+        self.task = tasks.from_config(config, purpose="predict with")
         self.model = model_directory.load(model_dir)
-        if not isinstance(self.model, (kbert.BertClassifier, kbert.BertMaskedLM)):
-            raise ValueError(
-                f"{model_dir} holds a {type(self.model).__name__}; kbert predict needs a "
-                "classifier or a masked-LM model"
-            )
-        self.tokenizer = BertTokenizer.from_model_dir(model_dir)
-        self.sequence_length = resolve_sequence_length(config, self.model)
-        self.preprocessor = BertPreprocessor(self.tokenizer, sequence_length=self.sequence_length)
-        self.masked_lm = isinstance(self.model, kbert.BertMaskedLM)
-        self.text_pair = not self.masked_lm and task_reads_text_pair(task)
-        num_classes = 0 if self.masked_lm else self.model.num_classes
-        self.label_names = task.get("label_names") or [str(index) for index in range(num_classes)]
+        sequence_length = resolve_sequence_length(config, self.model)
+        self.preprocessor = BertPreprocessor(
+            BertTokenizer.from_model_dir(model_dir), sequence_length=sequence_length
+        )
+        self.text_pair = self.task.reads_text_pair()
         self.top_k = top_k
 
     def predict(self, texts, text_pairs=None):
-        import tensorflow as tf
-
-        if self.masked_lm:
-            return self._fill_mask(texts)
-        if text_pairs is not None:
-            text_pairs = tf.constant(text_pairs, tf.string, shape=[len(text_pairs)])
-        inputs = self.preprocessor(tf.constant(texts, tf.string, shape=[len(texts)]), text_pairs)
-        inputs = {name: np.asarray(value) for name, value in inputs.items()}
-        logits = np.asarray(self.model.predict(inputs, verbose=0), dtype=np.float32)
-        if self.model.num_classes == 1:
-            return [{"score": float(score)} for score in logits[:, 0]]
-        probabilities = _softmax(logits)
-        label_ids = probabilities.argmax(axis=-1)
-        return [
-            {
-                "label": self.label_names[label_id],
-                "label_id": int(label_id),
-                "probabilities": row.tolist(),
-            }
-            for row, label_id in zip(probabilities, label_ids)
-        ]
-
-    def _fill_mask(self, texts):
-        import tensorflow as tf
-
-        from kbert.signatures import MASK_TOKEN
-
-        tokenizer = self.tokenizer
-        pieces = [text.split(MASK_TOKEN.encode()) for text in texts]
-        flat_pieces = [piece for text_pieces in pieces for piece in text_pieces]
-        flat_pieces = tf.constant(flat_pieces, tf.string, shape=[len(flat_pieces)])
-        piece_ids = iter(tokenizer(flat_pieces).to_list())
-        batch_token_ids = []
-        for text_pieces in pieces:
-            token_ids = []
-            for index in range(len(text_pieces)):
-                token_ids += next(piece_ids)
-                if index < len(text_pieces) - 1:
-                    token_ids.append(tokenizer.mask_token_id)
-            batch_token_ids.append(token_ids)
-        batch_token_ids = tf.ragged.constant(batch_token_ids, tf.int32, ragged_rank=1)
-        inputs = self.preprocessor.pack(batch_token_ids)
-        inputs = {name: np.asarray(value) for name, value in inputs.items()}
-        positions = [
-            np.flatnonzero(row == tokenizer.mask_token_id).tolist() for row in inputs["token_ids"]
-        ]
-        num_masks = max((len(row) for row in positions), default=0)
-        inputs["mask_positions"] = np.zeros((len(texts), num_masks), np.int32)
-        for row, row_positions in enumerate(positions):
-            inputs["mask_positions"][row, : len(row_positions)] = row_positions
-        logits = self.model.predict(inputs, verbose=0)
-        if isinstance(logits, dict):
-            logits = logits["mlm"]
-        probabilities = _softmax(np.asarray(logits, dtype=np.float32))  # (batch, masks, vocabulary)
-        special_token_ids = [
-            tokenizer.pad_token_id,
-            tokenizer.cls_token_id,
-            tokenizer.sep_token_id,
-            tokenizer.mask_token_id,
-        ]
-        probabilities[..., special_token_ids] = 0.0
-        top_k = min(self.top_k, probabilities.shape[-1] - len(special_token_ids))
-        rows = []
-        for row, row_positions in enumerate(positions):
-            row_probabilities = probabilities[row, : len(row_positions)]  # (masks, vocabulary)
-            candidates = np.argsort(-row_probabilities, axis=-1, kind="stable")[:, :top_k]
-            rows.append(
-                {
-                    "mask_positions": row_positions,
-                    "scores": np.take_along_axis(row_probabilities, candidates, axis=-1).tolist(),
-                    "token_ids": candidates.tolist(),
-                    "tokens": [[tokenizer.id_to_token(int(i)) for i in ids] for ids in candidates],
-                }
-            )
-        return rows
+        inputs = {"text": texts, "text_pair": text_pairs}
+        outputs = self.task.predict(
+            self.model, self.preprocessor, inputs, top_k=self.top_k, text_pair=self.text_pair
+        )
+        return _rows(self.task, outputs, len(texts))
 
 
-def _rows(outputs, batch_size):
-    """Splits batched outputs into one dict per input; fill_mask rows lose their padded masks."""
-    rows = []
-    for index in range(batch_size):
-        row = {name: value[index] for name, value in sorted(outputs.items())}
-        if "mask_positions" in row:
-            kept = [slot for slot, position in enumerate(row["mask_positions"]) if position >= 0]
-            row = {name: [value[slot] for slot in kept] for name, value in row.items()}
-        rows.append(row)
-    return rows
+def _rows(task, outputs, batch_size):
+    """One JSON-ready dict per input, as the task reads its outputs."""
+    from kbert.serving import to_json_value
 
-
-def _softmax(logits):
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
+    outputs = {name: to_json_value(np.asarray(value), name) for name, value in outputs.items()}
+    return task.rows(outputs, batch_size)

@@ -20,7 +20,8 @@ def add_arguments(parser):
                         help="lowercase text, for an uncased vocabulary (default: yes)")
     parser.add_argument("--size", default="mini",
                         help="tiny, mini, small, medium, base, large or L{layers}_H{hidden} (default: mini)")
-    parser.add_argument("--steps", type=options.positive_int, required=True, help="training steps")
+    parser.add_argument("--steps", dest="num_train_steps", type=options.positive_int, required=True,
+                        help="training steps")
     parser.add_argument("--steps-per-epoch", type=options.positive_int, default=None,
                         help="steps between logs, validation and backups (default: min(steps, 500))")
     parser.add_argument("--warmup-steps", type=int, default=None,
@@ -43,12 +44,18 @@ def add_arguments(parser):
 
 def run(args):
     from kbert import workflows
+    from kbert.cli import UsageError
 
+    if args.validation is None and args.validation_split == args.split:
+        raise UsageError(
+            f"--validation-split {args.validation_split} is the training split; hold out "
+            f"another one, e.g. --split 'train[:90%]' --validation-split 'train[90%:]'"
+        )
     workflows.pretrain(
         args.output,
         args.vocab,
         args.input if args.input else args.tfds,
-        args.steps,
+        args.num_train_steps,
         size=args.size,
         lowercase=args.lowercase,
         num_predictions=args.num_predictions,

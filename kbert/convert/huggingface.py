@@ -127,8 +127,8 @@ def _read_weights(directory, allow_pytorch_bin):
     if os.path.isfile(pytorch_path):
         if not allow_pytorch_bin:
             raise mapping.ConversionError(
-                f"{directory} has only {PYTORCH_FILE}, a pickle; pass --allow-pytorch-bin "
-                "(allow_pytorch_bin=True in Python) to read it with torch.load(weights_only=True)"
+                f"{directory} has only {PYTORCH_FILE}, a pickle; pass allow_pytorch_bin=True "
+                "to read it with torch.load(weights_only=True)"
             )
         import pickle
 

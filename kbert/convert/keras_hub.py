@@ -90,7 +90,8 @@ def read_keras_hub(path, *, lowercase=None):
     config = mapping.read_json(config_path)
     if "model_type" in config:
         raise mapping.ConversionError(
-            f"{directory} is a Hugging Face directory; convert it with --from huggingface"
+            f"{directory} is a Hugging Face directory; convert it with from_huggingface "
+            "(from_format='huggingface')"
         )
     if not _class_name(config).endswith("BertBackbone"):
         raise mapping.ConversionError(

@@ -561,7 +561,7 @@ def prepare_output(directory, overwrite):
     """Refuses to mix a conversion into an existing, non-empty directory unless asked to."""
     if os.path.isdir(directory) and os.listdir(directory) and not overwrite:
         raise FileExistsError(
-            f"Output directory {directory} is not empty; choose another or pass --overwrite"
+            f"Output directory {directory} is not empty; choose another or pass overwrite=True"
         )
     os.makedirs(directory, exist_ok=True)
 
