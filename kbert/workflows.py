@@ -432,18 +432,14 @@ def quickstart(
 
 @contextlib.contextmanager
 def without_misleading_warnings():
-    """Silences two Keras warnings that are false alarms in these jobs.
+    """Silences a Keras warning that is a false alarm in these jobs.
 
     Keras warns "Your input ran out of data" at the end of every pass over a dataset of
     unknown length; training data repeats, so here it only ever means that a validation
-    set was read to its end. A masked LM without the next-sentence head does not use the
-    backbone's pooler, so its variables have no gradients, as intended.
+    set was read to its end.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Your input ran out of data")
-        warnings.filterwarnings(
-            "ignore", message=r"Gradients do not exist for variables \['pooled_dense"
-        )
         yield
 
 
