@@ -294,7 +294,7 @@ def test_pytorch_bin_needs_opt_in(tmp_path):
     os.remove(tmp_path / "hf" / "model.safetensors")
     # state_dict() carries the tied decoder weights, which must equal the embedding.
     torch.save(reference.state_dict(), tmp_path / "hf" / "pytorch_model.bin")
-    with pytest.raises(ConversionError, match="allow-pytorch-bin"):
+    with pytest.raises(ConversionError, match="allow_pytorch_bin=True"):
         read_huggingface(tmp_path / "hf")
     conversion = read_huggingface(tmp_path / "hf", allow_pytorch_bin=True)
     np.testing.assert_array_equal(

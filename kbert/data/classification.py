@@ -26,6 +26,36 @@ def default_bucket_boundaries(sequence_length):
     return boundaries + [sequence_length]
 
 
+def _worker_examples(source, split, data_dir, input_context, source_options):
+    """The `{"text", ["text_pair"], "label"}` examples this worker reads from `source`."""
+    if isinstance(source, tf.data.Dataset):
+        # Examples as they are: the pipeline needs no label names.
+        source = LabeledTexts(source, label_names=None)
+    if not isinstance(source, LabeledTexts):
+        source = load_labeled_texts(
+            source, split=split, data_dir=data_dir, input_context=input_context, **source_options
+        )
+        return source.dataset
+    if source_options:
+        raise ValueError(
+            f"Options for reading the source ({', '.join(source_options)}) do not apply to "
+            "a LabeledTexts, which has been read already"
+        )
+    examples = source.dataset
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        examples = examples.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    return examples
+
+
+def _padded_lengths(bucket_boundaries, sequence_length):
+    """The lengths batches are padded to, ascending, the last one `sequence_length`."""
+    if bucket_boundaries is None:
+        return [sequence_length]
+    if bucket_boundaries == "auto":
+        return default_bucket_boundaries(sequence_length)
+    return sorted({int(b) for b in bucket_boundaries if b < sequence_length}) + [sequence_length]
+
+
 def classification_dataset(
     source,
     preprocessor,
@@ -70,25 +100,7 @@ def classification_dataset(
         `padding_mask` of shape (batch, length), where length is a bucket boundary (or
         `sequence_length`); `label` is int32 (batch,), or float32 for regression.
     """
-    if isinstance(source, tf.data.Dataset):
-        # Examples as they are: the pipeline needs no label names.
-        source = LabeledTexts(source, label_names=None)
-    if not isinstance(source, LabeledTexts):
-        source = load_labeled_texts(
-            source, split=split, data_dir=data_dir, input_context=input_context, **source_options
-        )
-        examples = source.dataset
-    else:
-        if source_options:
-            raise ValueError(
-                f"Options for reading the source ({', '.join(source_options)}) do not apply to "
-                "a LabeledTexts, which has been read already"
-            )
-        examples = source.dataset
-        if input_context is not None and input_context.num_input_pipelines > 1:
-            examples = examples.shard(
-                input_context.num_input_pipelines, input_context.input_pipeline_id
-            )
+    examples = _worker_examples(source, split, data_dir, input_context, source_options)
     if input_context is not None:
         batch_size = input_context.get_per_replica_batch_size(batch_size)
     sequence_length = preprocessor.sequence_length
@@ -119,13 +131,7 @@ def classification_dataset(
     if shuffle:
         dataset = dataset.shuffle(shuffle_buffer_size, seed=seed)
 
-    if bucket_boundaries is None:
-        boundaries = [sequence_length]
-    elif bucket_boundaries == "auto":
-        boundaries = default_bucket_boundaries(sequence_length)
-    else:
-        boundaries = sorted({int(b) for b in bucket_boundaries if b < sequence_length})
-        boundaries.append(sequence_length)
+    boundaries = _padded_lengths(bucket_boundaries, sequence_length)
     boundaries_tensor = tf.constant(boundaries, tf.int32)
     num_special_tokens = 3 if has_text_pair else 2
 

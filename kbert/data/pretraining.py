@@ -105,15 +105,45 @@ class MaskGenerator:
             `mask_weights` (float32, 1 on used slots).
         """
         token_ids = tf.convert_to_tensor(token_ids, tf.int32)
-        batch_size, sequence_length = tf.shape(token_ids)[0], tf.shape(token_ids)[1]
         order_seed, crossing_seed, choice_seed, random_token_seed, rounding_seed = tf.unstack(
             tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=5)
         )
         is_special = tf.reduce_any(token_ids[:, :, tf.newaxis] == self._special_token_ids, axis=-1)
         maskable = tf.cast(padding_mask, tf.bool) & ~is_special
+        word_index, num_words, word_lengths = self._words(token_ids, maskable)
+        selected = self._select(
+            maskable, word_index, num_words, word_lengths, order_seed, crossing_seed, rounding_seed
+        )
+        masked_token_ids = self._replace(token_ids, selected, choice_seed, random_token_seed)
 
-        # Words: a maskable token starts one unless it is a ## piece following another maskable
-        # token. Without whole-word masking every token is a word of its own.
+        positions = tf.broadcast_to(tf.range(tf.shape(token_ids)[1]), tf.shape(token_ids))
+        selected_positions = tf.ragged.boolean_mask(positions, selected)
+        mask_positions = selected_positions.to_tensor(
+            default_value=0, shape=[None, self.num_predictions]
+        )
+        mask_weights = tf.sequence_mask(
+            selected_positions.row_lengths(), self.num_predictions, dtype=tf.float32
+        )
+        mask_ids = tf.gather(token_ids, mask_positions, batch_dims=1)
+        mask_ids = tf.where(mask_weights > 0, mask_ids, 0)
+        return {
+            "token_ids": masked_token_ids,
+            "mask_positions": mask_positions,
+            "mask_ids": mask_ids,
+            "mask_weights": mask_weights,
+        }
+
+    def _words(self, token_ids, maskable):
+        """Each maskable token's word, the words per row, and each word's maskable tokens.
+
+        A maskable token starts a word unless it is a ## piece following another maskable
+        token. Without whole-word masking every token is a word of its own.
+
+        Returns:
+            `word_index` (batch, seq), `num_words` (batch,) and `word_lengths` (batch, seq),
+            where `word_lengths[b, w]` counts the tokens of word w of row b (0 past the last).
+        """
+        batch_size, sequence_length = tf.shape(token_ids)[0], tf.shape(token_ids)[1]
         if self.whole_word_masking:
             is_continuation = tf.gather(self._is_continuation, token_ids)
             previous_maskable = tf.pad(maskable[:, :-1], [[0, 0], [1, 0]])
@@ -123,7 +153,6 @@ class MaskGenerator:
         word_index = tf.cumsum(tf.cast(word_start, tf.int32), axis=1) - 1  # (batch, seq)
         word_index = tf.maximum(word_index, 0)
         num_words = tf.reduce_sum(tf.cast(word_start, tf.int32), axis=1)  # (batch,)
-        # word_lengths[b, w]: maskable tokens in word w of row b (0 past the last word).
         row_offsets = tf.range(batch_size)[:, tf.newaxis] * sequence_length
         segment_ids = tf.where(maskable, row_offsets + word_index, batch_size * sequence_length)
         word_lengths = tf.math.unsorted_segment_sum(
@@ -132,10 +161,16 @@ class MaskGenerator:
             batch_size * sequence_length + 1,
         )
         word_lengths = tf.reshape(word_lengths[:-1], [batch_size, sequence_length])
+        return word_index, num_words, word_lengths
 
+    def _select(
+        self, maskable, word_index, num_words, word_lengths, order_seed, crossing_seed, rounding_seed
+    ):
+        """The tokens to predict (batch, seq): whole words in random order, within the budget."""
+        batch_size, sequence_length = tf.shape(maskable)[0], tf.shape(maskable)[1]
         num_maskable = tf.reduce_sum(tf.cast(maskable, tf.float32), axis=1)
         # Rounded up or down at random, in proportion, so that the expected count is exactly the
-        # rate: BERT's plain rounding selects 9 of 62 tokens (14.5%) in every full sequence of 64.
+        # rate: BERT's plain rounding under-selects in every full sequence.
         rounding = tf.random.stateless_uniform([batch_size], seed=rounding_seed)
         target = tf.floor(self.mask_selection_rate * num_maskable + rounding)
         target = tf.where(num_maskable > 0, tf.maximum(target, 1.0), 0.0)
@@ -158,9 +193,11 @@ class MaskGenerator:
             & (taken_after <= self.num_predictions)
         )
         word_taken = tf.gather(take, tf.argsort(order, axis=1), batch_dims=1)  # back to word order
-        selected = maskable & tf.gather(word_taken, word_index, batch_dims=1)  # (batch, seq)
+        return maskable & tf.gather(word_taken, word_index, batch_dims=1)
 
-        choice = tf.random.stateless_uniform(tf.shape(scores), seed=choice_seed)
+    def _replace(self, token_ids, selected, choice_seed, random_token_seed):
+        """`token_ids` with the selected tokens made [MASK], a random token, or kept."""
+        choice = tf.random.stateless_uniform(tf.shape(token_ids), seed=choice_seed)
         use_mask_token = selected & (choice < self.mask_token_rate)
         use_random_token = (
             selected & ~use_mask_token & (choice < self.mask_token_rate + self.random_token_rate)
@@ -175,25 +212,7 @@ class MaskGenerator:
             ),
         )
         masked_token_ids = tf.where(use_mask_token, self.tokenizer.mask_token_id, token_ids)
-        masked_token_ids = tf.where(use_random_token, random_tokens, masked_token_ids)
-
-        selected_positions = tf.ragged.boolean_mask(
-            tf.broadcast_to(positions, tf.shape(token_ids)), selected
-        )
-        mask_positions = selected_positions.to_tensor(
-            default_value=0, shape=[None, self.num_predictions]
-        )
-        mask_weights = tf.sequence_mask(
-            selected_positions.row_lengths(), self.num_predictions, dtype=tf.float32
-        )
-        mask_ids = tf.gather(token_ids, mask_positions, batch_dims=1)
-        mask_ids = tf.where(mask_weights > 0, mask_ids, 0)
-        return {
-            "token_ids": masked_token_ids,
-            "mask_positions": mask_positions,
-            "mask_ids": mask_ids,
-            "mask_weights": mask_weights,
-        }
+        return tf.where(use_random_token, random_tokens, masked_token_ids)
 
 
 def _cut_into_chunks(blocks, chunk_length):
@@ -225,6 +244,18 @@ def _cut_into_chunks(blocks, chunk_length):
 
     chunks = blocks.scan(tf.zeros([0], tf.int32), cut)
     return chunks.unbatch()
+
+
+def _batch_seeds(shuffle, seed):
+    """A dataset of one stateless (2,) seed per batch, for the masks and the pairing."""
+    if shuffle:
+        # Different every epoch, reproducible from `seed`.
+        return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    # Evaluation: the same masks on every pass and in every process, whatever the global
+    # seed (which `Dataset.random` would mix in): (seed, batch number).
+    return tf.data.Dataset.counter(dtype=tf.int64).map(
+        lambda index: tf.stack([tf.constant(seed or 0, tf.int64), index])
+    )
 
 
 def pretraining_dataset(
@@ -328,16 +359,7 @@ def pretraining_dataset(
     if shuffle:
         chunks = chunks.shuffle(shuffle_buffer_size, seed=seed)
     batches = chunks.batch(batch_size, drop_remainder=drop_remainder)
-    if shuffle:
-        # One stateless seed per batch, different every epoch, reproducible from `seed`.
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    else:
-        # Evaluation: the same masks on every pass and in every process, whatever the global
-        # seed (which `Dataset.random` would mix in): (seed, batch number).
-        seeds = tf.data.Dataset.counter(dtype=tf.int64).map(
-            lambda index: tf.stack([tf.constant(seed or 0, tf.int64), index])
-        )
-    batches = tf.data.Dataset.zip(batches, seeds)
+    batches = tf.data.Dataset.zip(batches, _batch_seeds(shuffle, seed))
 
     def make_example(chunk_batch, seed):
         chunks, lengths = chunk_batch
