@@ -109,13 +109,16 @@ class SentenceTransformerModules:
         transformer_directory: the folder of the BERT (the Transformer module's path).
         pooling: "mean", "cls" or "max".
         normalize: whether a Normalize module follows the pooling.
-        max_sequence_length: the Transformer module's `max_seq_length`, or `None`.
+        max_sequence_length: the Transformer module's `max_seq_length` (else its tokenizer's
+            `model_max_length`), or `None`.
+        lowercase: whether the Transformer module lowercases text before its tokenizer.
     """
 
     transformer_directory: str
     pooling: str
     normalize: bool
     max_sequence_length: int = None
+    lowercase: bool = False
 
 
 def _module_kind(module, modules_path):
@@ -164,15 +167,21 @@ def read_sentence_transformer_modules(directory):
         )
     transformer_directory = os.path.join(directory, modules[0].get("path") or "")
     pooling = _read_pooling(os.path.join(directory, modules[1].get("path") or ""))
-    max_sequence_length = None
+    sentence_bert_config = {}
     sentence_bert_config_path = os.path.join(transformer_directory, SENTENCE_BERT_CONFIG_FILE)
     if os.path.isfile(sentence_bert_config_path):
-        max_sequence_length = mapping.read_json(sentence_bert_config_path).get("max_seq_length")
+        sentence_bert_config = mapping.read_json(sentence_bert_config_path)
+    max_sequence_length = sentence_bert_config.get("max_seq_length")
+    tokenizer_config_path = os.path.join(transformer_directory, TOKENIZER_CONFIG_FILE)
+    if max_sequence_length is None and os.path.isfile(tokenizer_config_path):
+        # Newer sentence-transformers versions keep max_seq_length in the tokenizer's config.
+        max_sequence_length = mapping.read_json(tokenizer_config_path).get("model_max_length")
     return SentenceTransformerModules(
         transformer_directory=transformer_directory,
         pooling=pooling,
         normalize="Normalize" in kinds,
         max_sequence_length=max_sequence_length,
+        lowercase=bool(sentence_bert_config.get("do_lower_case")),
     )
 
 
@@ -391,6 +400,9 @@ def read_huggingface(path, *, allow_pytorch_bin=False, lowercase=None):
     tokenizer = _tokenizer_settings(directory, vocabulary, lowercase)
     if sentence_transformer is not None:
         model, sequence_length = _embedder(model, sentence_transformer, notes, weights_path)
+        if sentence_transformer.lowercase and lowercase is None:
+            # sentence-transformers lowercases before the tokenizer, leaving accents as they are.
+            tokenizer = {**tokenizer, "lowercase": True}
         if sequence_length is not None:
             tokenizer = {**tokenizer, "sequence_length": sequence_length}
         task = None
@@ -418,9 +430,11 @@ def _embedder(model, sentence_transformer, notes, weights_path):
         backbone, pooling=sentence_transformer.pooling, normalize=sentence_transformer.normalize
     )
     sequence_length = sentence_transformer.max_sequence_length
-    if sequence_length is not None:
-        # sentence-transformers truncates at the position table as well.
+    if isinstance(sequence_length, (int, float)) and sequence_length >= 3:
+        # Past the position table no model can read, whatever its tokenizer claims.
         sequence_length = min(int(sequence_length), backbone.max_sequence_length)
+    else:
+        sequence_length = None
     return embedder, sequence_length
 
 
