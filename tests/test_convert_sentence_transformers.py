@@ -135,6 +135,24 @@ def test_a_folder_without_modules_json_still_gives_a_backbone(tmp_path):
     assert "sequence_length" not in read_huggingface(tmp_path / "plain").tokenizer
 
 
+def test_sentence_bert_config_sets_sequence_length_and_lowercasing(tmp_path):
+    save_tiny_sentence_transformer(tmp_path / "st")
+    tokenizer_config_path = tmp_path / "st" / "tokenizer_config.json"
+    tokenizer_config = json.loads(tokenizer_config_path.read_text())
+    tokenizer_config.update(do_lower_case=False, strip_accents=False)
+    tokenizer_config_path.write_text(json.dumps(tokenizer_config))
+    assert read_huggingface(tmp_path / "st").tokenizer == {
+        "lowercase": False, "strip_accents": False, "sequence_length": TINY_MAX_SEQUENCE_LENGTH
+    }
+    # Its max_seq_length wins over the tokenizer's model_max_length; its do_lower_case
+    # lowercases in front of a cased tokenizer, which keeps its accents.
+    (tmp_path / "st" / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 12, "do_lower_case": True}))
+    assert read_huggingface(tmp_path / "st").tokenizer == {
+        "lowercase": True, "strip_accents": False, "sequence_length": 12
+    }
+    assert read_huggingface(tmp_path / "st", lowercase=False).tokenizer["lowercase"] is False
+
+
 @pytest.mark.parametrize("pooling_mode", ["weightedmean", "lasttoken", "mean_sqrt_len_tokens", ("cls", "mean")])
 def test_unsupported_pooling_is_refused_naming_the_file(tmp_path, pooling_mode):
     save_tiny_sentence_transformer(tmp_path / "st", pooling_mode)
