@@ -1,4 +1,4 @@
-"""BertTextEmbedder: a BERT backbone whose pooled, optionally normalised, output is a sentence embedding."""
+"""BertTextEmbedder: a BERT backbone pooled (and optionally normalised) into sentence embeddings."""
 
 import keras
 from keras import ops
@@ -81,7 +81,9 @@ class BertTextEmbedder(FunctionalModel):
     def __init__(self, backbone, pooling="mean", normalize=True, **kwargs):
         _check_pooling(pooling)
         if not isinstance(normalize, bool):
-            raise ValueError(f"Expected normalize to be True or False. Received: normalize={normalize!r}")
+            raise ValueError(
+                f"Expected normalize to be True or False. Received: normalize={normalize!r}"
+            )
         # === Layers ===
         self.pooling_layer = EmbeddingPooling(
             pooling=pooling, normalize=normalize, dtype="float32", name="embeddings"

@@ -423,8 +423,8 @@ def _embedder(model, sentence_transformer, notes, weights_path):
     backbone = getattr(model, "backbone", model)
     if backbone is not model:
         notes.append(
-            f"The {type(model).__name__} head in {weights_path} was not used: sentence-transformers "
-            "pools the encoder's hidden states"
+            f"The {type(model).__name__} head in {weights_path} was not used: "
+            "sentence-transformers pools the encoder's hidden states"
         )
     embedder = BertTextEmbedder(
         backbone, pooling=sentence_transformer.pooling, normalize=sentence_transformer.normalize
