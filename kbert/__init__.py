@@ -14,6 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from kbert.backbone import BertBackbone
 from kbert import convert, losses
 from kbert.classifier import BertClassifier
+from kbert.embedder import BertTextEmbedder
 from kbert.export import export
 from kbert.masked_lm import BertMaskedLM
 from kbert.model_dir import load
@@ -27,6 +28,7 @@ __all__ = [
     "BertClassifier",
     "BertMaskedLM",
     "BertPreprocessor",
+    "BertTextEmbedder",
     "BertTokenizer",
     "convert",
     "export",

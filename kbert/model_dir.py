@@ -30,7 +30,7 @@ def save(model, directory, vocabulary, tokenizer=None, task=None):
     """Writes `model` and its vocabulary into `directory` (created if missing).
 
     Args:
-        model: a `BertBackbone`, `BertMaskedLM` or `BertClassifier`.
+        model: a `BertBackbone`, `BertMaskedLM`, `BertClassifier` or `BertTextEmbedder`.
         directory: the model directory.
         vocabulary: path of a `vocab.txt`, or a list of tokens in id order.
         tokenizer: tokenizer settings, e.g. `{"lowercase": True, "strip_accents": True,
@@ -134,6 +134,7 @@ def load(directory, compile=False):
     # Importing the builders registers them with Keras' serialization.
     import kbert.backbone  # noqa: F401
     import kbert.classifier  # noqa: F401
+    import kbert.embedder  # noqa: F401
     import kbert.masked_lm  # noqa: F401
 
     config = read_config(directory)

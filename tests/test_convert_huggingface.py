@@ -122,8 +122,11 @@ def test_minilm_matches_transformers(minilm_transformers, minilm_directory, pair
     )
     assert inputs["padding_mask"].min() == 0, "the batch should contain padding"
     assert inputs["segment_ids"].max() == (1 if pairs else 0)
-    model = kbert.load(minilm_directory)
-    assert isinstance(model, kbert.BertBackbone)
+    embedder = kbert.load(minilm_directory)
+    # The folder is a sentence-transformers one (tests/test_convert_sentence_transformers.py);
+    # its BERT is the embedder's backbone.
+    assert isinstance(embedder, kbert.BertTextEmbedder)
+    model = embedder.backbone
     outputs = model.predict(inputs, verbose=0)
     sequence_difference = np.abs(outputs["sequence_output"] - sequence_reference)
     tokens = inputs["padding_mask"].astype(bool)
@@ -166,7 +169,7 @@ def test_sentence_embeddings_end_to_end(minilm_transformers, minilm_directory, s
         mask = padding_mask[:, :, None].astype("float32")
         return (hidden * mask).sum(axis=1) / mask.sum(axis=1)
 
-    model = kbert.load(minilm_directory)
+    model = kbert.load(minilm_directory).backbone
     sample = sentences[::4]
     largest_difference = 0.0
     for start in range(0, len(sample), 64):
@@ -190,8 +193,9 @@ def test_minilm_directory_holds_vocabulary_and_uncased_settings(minilm_path, min
     assert config["tokenizer"]["lowercase"] is True
     assert config["tokenizer"]["strip_accents"] is True
     assert (minilm_directory / "vocab.txt").read_text() == (minilm_path / "vocab.txt").read_text()
-    assert config["model"]["config"]["num_layers"] == 6
-    assert config["model"]["config"]["hidden_dim"] == 384
+    backbone_config = config["model"]["config"]["backbone"]["config"]
+    assert backbone_config["num_layers"] == 6
+    assert backbone_config["hidden_dim"] == 384
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ Google names with dots, `layer.N` for `layer_N`, `weight` for `kernel` (stored t
 as (output, input)) and for LayerNorm's `gamma`, and `bias` for its `beta`.
 """
 
+import dataclasses
 import os
 import re
 
@@ -22,6 +23,19 @@ PYTORCH_FILE = "pytorch_model.bin"
 VOCABULARY_FILE = "vocab.txt"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 TOKENIZER_FILE = "tokenizer.json"
+# A sentence-transformers folder: its module list, and the Transformer module's settings.
+MODULES_FILE = "modules.json"
+SENTENCE_BERT_CONFIG_FILE = "sentence_bert_config.json"
+POOLING_CONFIG_FILE = "config.json"
+# The legacy flags of a Pooling config, in sentence-transformers' order, and kbert's names.
+_POOLING_FLAGS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
 
 # Canonical names whose Hugging Face names do not follow the general rule.
 _SPECIAL_NAMES = {
@@ -85,6 +99,90 @@ def _normalized_key(key):
 
 
 # === Reading ===
+
+
+@dataclasses.dataclass(frozen=True)
+class SentenceTransformerModules:
+    """What a sentence-transformers folder's `modules.json` describes.
+
+    Attributes:
+        transformer_directory: the folder of the BERT (the Transformer module's path).
+        pooling: "mean", "cls" or "max".
+        normalize: whether a Normalize module follows the pooling.
+        max_sequence_length: the Transformer module's `max_seq_length` (else its tokenizer's
+            `model_max_length`), or `None`.
+        lowercase: whether the Transformer module lowercases text before its tokenizer.
+    """
+
+    transformer_directory: str
+    pooling: str
+    normalize: bool
+    max_sequence_length: int = None
+    lowercase: bool = False
+
+
+def _module_kind(module, modules_path):
+    kind = module.get("type") if isinstance(module, dict) else None
+    if not isinstance(kind, str):
+        raise mapping.ConversionError(f"{modules_path} has a module without a \"type\": {module!r}")
+    return kind.rsplit(".", 1)[-1]
+
+
+def _read_pooling(pooling_directory):
+    path = os.path.join(pooling_directory, POOLING_CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"The Pooling module's config is missing: {path}")
+    config = mapping.read_json(path)
+    if "pooling_mode" in config:
+        modes = config["pooling_mode"]
+        modes = [modes] if isinstance(modes, str) else list(modes)
+    else:
+        # sentence-transformers pools by mean where no flag is set.
+        modes = [mode for flag, mode in _POOLING_FLAGS.items() if config.get(flag)] or ["mean"]
+    if len(modes) != 1 or modes[0] not in ("mean", "cls", "max"):
+        raise mapping.ConversionError(
+            f"{path} asks for pooling {'+'.join(map(str, modes))}; kbert converts only one of "
+            "mean, cls or max"
+        )
+    return modes[0]
+
+
+def read_sentence_transformer_modules(directory):
+    """Reads `modules.json` of a sentence-transformers folder, or returns `None` without one.
+
+    Only Transformer, Pooling (mean, cls or max) and Normalize modules are converted; any
+    other module (Dense, LayerNorm, ...) would change the embeddings, so it is refused.
+    """
+    modules_path = os.path.join(directory, MODULES_FILE)
+    if not os.path.isfile(modules_path):
+        return None
+    modules = mapping.read_json(modules_path)
+    if not isinstance(modules, list):
+        raise mapping.ConversionError(f"{modules_path} is not a list of modules")
+    kinds = [_module_kind(module, modules_path) for module in modules]
+    if kinds[:2] != ["Transformer", "Pooling"] or any(kind != "Normalize" for kind in kinds[2:]):
+        raise mapping.ConversionError(
+            f"{modules_path} lists the modules {', '.join(kinds)}; kbert converts Transformer, "
+            "Pooling and an optional Normalize, in that order"
+        )
+    transformer_directory = os.path.join(directory, modules[0].get("path") or "")
+    pooling = _read_pooling(os.path.join(directory, modules[1].get("path") or ""))
+    sentence_bert_config = {}
+    sentence_bert_config_path = os.path.join(transformer_directory, SENTENCE_BERT_CONFIG_FILE)
+    if os.path.isfile(sentence_bert_config_path):
+        sentence_bert_config = mapping.read_json(sentence_bert_config_path)
+    max_sequence_length = sentence_bert_config.get("max_seq_length")
+    tokenizer_config_path = os.path.join(transformer_directory, TOKENIZER_CONFIG_FILE)
+    if max_sequence_length is None and os.path.isfile(tokenizer_config_path):
+        # Newer sentence-transformers versions keep max_seq_length in the tokenizer's config.
+        max_sequence_length = mapping.read_json(tokenizer_config_path).get("model_max_length")
+    return SentenceTransformerModules(
+        transformer_directory=transformer_directory,
+        pooling=pooling,
+        normalize="Normalize" in kinds,
+        max_sequence_length=max_sequence_length,
+        lowercase=bool(sentence_bert_config.get("do_lower_case")),
+    )
 
 
 def _read_safetensors(path):
@@ -212,6 +310,10 @@ def _check_tied(key, value, tensors, path):
 def read_huggingface(path, *, allow_pytorch_bin=False, lowercase=None):
     """Reads a Hugging Face BERT directory into a kbert model.
 
+    A sentence-transformers folder (one with `modules.json`) becomes a `BertTextEmbedder`
+    with its pooling and normalisation, and its `max_seq_length` as the tokenizer's
+    `sequence_length`.
+
     Args:
         path: the directory (`config.json`, `vocab.txt`, `model.safetensors`, ...).
         allow_pytorch_bin: read `pytorch_model.bin` when there is no safetensors file.
@@ -224,6 +326,9 @@ def read_huggingface(path, *, allow_pytorch_bin=False, lowercase=None):
     directory = os.fspath(path)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"Hugging Face model directory not found: {directory}")
+    sentence_transformer = read_sentence_transformer_modules(directory)
+    if sentence_transformer is not None:
+        directory = sentence_transformer.transformer_directory
     config_path = os.path.join(directory, CONFIG_FILE)
     if not os.path.isfile(config_path):
         raise FileNotFoundError(
@@ -292,14 +397,45 @@ def read_huggingface(path, *, allow_pytorch_bin=False, lowercase=None):
         id2label = config.get("id2label") or {}
         label_names = [id2label.get(str(index), str(index)) for index in range(num_classes)]
         task = {"label_names": label_names}
+    tokenizer = _tokenizer_settings(directory, vocabulary, lowercase)
+    if sentence_transformer is not None:
+        model, sequence_length = _embedder(model, sentence_transformer, notes, weights_path)
+        if sentence_transformer.lowercase and lowercase is None:
+            # sentence-transformers lowercases before the tokenizer, leaving accents as they are.
+            tokenizer = {**tokenizer, "lowercase": True}
+        if sequence_length is not None:
+            tokenizer = {**tokenizer, "sequence_length": sequence_length}
+        task = None
     mapping.log_notes(notes)
     return mapping.Conversion(
         model=model,
         vocabulary=vocabulary,
-        tokenizer=_tokenizer_settings(directory, vocabulary, lowercase),
+        tokenizer=tokenizer,
         task=task,
         notes=notes,
     )
+
+
+def _embedder(model, sentence_transformer, notes, weights_path):
+    """The `BertTextEmbedder` of a sentence-transformers folder, and its sequence length."""
+    from kbert.embedder import BertTextEmbedder
+
+    backbone = getattr(model, "backbone", model)
+    if backbone is not model:
+        notes.append(
+            f"The {type(model).__name__} head in {weights_path} was not used: "
+            "sentence-transformers pools the encoder's hidden states"
+        )
+    embedder = BertTextEmbedder(
+        backbone, pooling=sentence_transformer.pooling, normalize=sentence_transformer.normalize
+    )
+    sequence_length = sentence_transformer.max_sequence_length
+    if isinstance(sequence_length, (int, float)) and sequence_length >= 3:
+        # Past the position table no model can read, whatever its tokenizer claims.
+        sequence_length = min(int(sequence_length), backbone.max_sequence_length)
+    else:
+        sequence_length = None
+    return embedder, sequence_length
 
 
 def from_huggingface(path, output, *, allow_pytorch_bin=False, lowercase=None, overwrite=False):
@@ -307,7 +443,8 @@ def from_huggingface(path, output, *, allow_pytorch_bin=False, lowercase=None, o
 
     The encoder and pooler become a `BertBackbone`; a masked-LM head (`cls.predictions.*`,
     with `cls.seq_relationship.*` for next-sentence prediction) makes it a `BertMaskedLM`,
-    a `classifier.*` head a `BertClassifier`.
+    a `classifier.*` head a `BertClassifier`. A sentence-transformers folder (with
+    `modules.json`) becomes a `BertTextEmbedder`.
 
     Example:
     >>> conversion = from_huggingface("all-MiniLM-L6-v2", "minilm")  # doctest: +SKIP

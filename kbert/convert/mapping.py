@@ -229,9 +229,10 @@ def output_layer_slots(prefix, dense, group):
 
 
 def model_slots(model):
-    """The slots of a kbert BertBackbone, BertMaskedLM or BertClassifier."""
+    """The slots of a kbert BertBackbone, BertMaskedLM, BertClassifier or BertTextEmbedder."""
     from kbert.backbone import BertBackbone
     from kbert.classifier import BertClassifier
+    from kbert.embedder import BertTextEmbedder
     from kbert.masked_lm import BertMaskedLM
 
     if isinstance(model, BertBackbone):
@@ -246,8 +247,11 @@ def model_slots(model):
     if isinstance(model, BertClassifier):
         classifier_slots = output_layer_slots("", model.output_dense, CLASSIFIER)
         return backbone_slots(model.backbone) + classifier_slots
+    if isinstance(model, BertTextEmbedder):
+        # Pooling and normalisation have no weights: the embedder is its backbone's tensors.
+        return backbone_slots(model.backbone)
     raise ConversionError(
-        "Expected a kbert BertBackbone, BertMaskedLM or BertClassifier. "
+        "Expected a kbert BertBackbone, BertMaskedLM, BertClassifier or BertTextEmbedder. "
         f"Received: {type(model).__name__}"
     )
 
