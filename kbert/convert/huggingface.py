@@ -307,6 +307,39 @@ def _check_tied(key, value, tensors, path):
     return True
 
 
+def _source_tensors(weights, slots, weights_path):
+    """The checkpoint's tensors by kbert name (dense kernels transposed), tied ones checked."""
+    names = {}
+    for name in [slot.name for slot in slots] + list(mapping.HEAD_NAMES):
+        names[huggingface_name(name)[0]] = name
+    tensors = {}
+    tied = {}
+    for key, (original_key, value) in weights.items():
+        if key in _TIED:
+            tied[key] = value
+            continue
+        if key not in names:
+            tensors[original_key] = mapping.SourceTensor(original_key, value)
+            continue
+        name = names[key]
+        transposed = huggingface_name(name)[1]
+        if transposed and value.ndim != 2:
+            raise mapping.ConversionError(
+                f"Tensor {original_key} in {weights_path} has shape {value.shape}, but a dense "
+                "kernel has two dimensions"
+            )
+        if transposed:
+            tensors[name] = mapping.SourceTensor(original_key, value.T, "transposed")
+        else:
+            tensors[name] = mapping.SourceTensor(original_key, value)
+    for key, value in tied.items():
+        checked = _check_tied(key, value, tensors, weights_path)
+        if not checked and key == "cls.predictions.decoder.bias":
+            # Some versions saved the output bias only as the decoder's.
+            tensors["cls/predictions/output_bias"] = mapping.SourceTensor(key, value)
+    return tensors
+
+
 def read_huggingface(path, *, allow_pytorch_bin=False, lowercase=None):
     """Reads a Hugging Face BERT directory into a kbert model.
 
@@ -360,36 +393,7 @@ def read_huggingface(path, *, allow_pytorch_bin=False, lowercase=None):
     )
     slots = mapping.model_slots(model)
 
-    names = {}
-    for name in [slot.name for slot in slots] + list(mapping.HEAD_NAMES):
-        names[huggingface_name(name)[0]] = name
-    tensors = {}
-    tied = {}
-    for key, (original_key, value) in weights.items():
-        if key in _TIED:
-            tied[key] = value
-            continue
-        if key not in names:
-            tensors[original_key] = mapping.SourceTensor(original_key, value)
-            continue
-        name = names[key]
-        transposed = huggingface_name(name)[1]
-        if transposed and value.ndim != 2:
-            raise mapping.ConversionError(
-                f"Tensor {original_key} in {weights_path} has shape {value.shape}, but a dense "
-                "kernel has two dimensions"
-            )
-        if transposed:
-            tensors[name] = mapping.SourceTensor(original_key, value.T, "transposed")
-        else:
-            tensors[name] = mapping.SourceTensor(original_key, value)
-    for key, value in tied.items():
-        checked = _check_tied(key, value, tensors, weights_path)
-        if not checked and key == "cls.predictions.decoder.bias":
-            # Some versions saved the output bias only as the decoder's.
-            tensors["cls/predictions/output_bias"] = mapping.SourceTensor(key, value)
-
-    notes += mapping.assign(slots, tensors, weights_path, naming=_naming)
+    notes += mapping.assign(slots, _source_tensors(weights, slots, weights_path), weights_path, naming=_naming)
     vocabulary, vocabulary_path = _read_vocabulary(directory)
     mapping.check_vocabulary(vocabulary, backbone_config["vocabulary_size"], vocabulary_path)
     task = None
