@@ -2,12 +2,12 @@
 
 import keras
 
-from kbert.functional import FunctionalModel
+from kbert.functional import TaskModel
 from kbert.layers import Dropout, bert_kernel_initializer
 
 
 @keras.saving.register_keras_serializable(package="kbert")
-class BertClassifier(FunctionalModel):
+class BertClassifier(TaskModel):
     """BERT for sequence classification: dropout and a dense layer on `pooled_output`.
 
     The output is float32 logits of shape (batch, num_classes); with `num_classes=1` it is
@@ -52,30 +52,5 @@ class BertClassifier(FunctionalModel):
         self.num_classes = num_classes
         self.dropout = dropout
 
-    def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
-        """Compiles with the choices of `kbert.tasks.classification` where an argument is "auto".
-
-        The defaults are AdamW (learning rate 5e-5, weight decay 0.01), cross-entropy on
-        logits with accuracy, or mean squared error with Pearson and Spearman correlations for
-        regression (`num_classes=1`).
-        """
-        from kbert import tasks
-
-        task = tasks.for_model(self)
-        arguments = task.compile_arguments(self, optimizer=optimizer, loss=loss, metrics=metrics)
-        super().compile(**arguments, **kwargs)
-
-    def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "backbone": keras.saving.serialize_keras_object(self.backbone),
-            "num_classes": self.num_classes,
-            "dropout": self.dropout,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        return cls(**config)
+    def head_config(self):
+        return {"num_classes": self.num_classes, "dropout": self.dropout}

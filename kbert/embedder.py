@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from kbert.functional import FunctionalModel
+from kbert.functional import TaskModel
 
 POOLING_MODES = ("mean", "cls", "max")
 
@@ -58,7 +58,7 @@ def _check_pooling(pooling):
 
 
 @keras.saving.register_keras_serializable(package="kbert")
-class BertTextEmbedder(FunctionalModel):
+class BertTextEmbedder(TaskModel):
     """BERT for sentence embeddings: the backbone's `sequence_output` pooled over real tokens.
 
     The output, `embeddings`, is float32 of shape (batch, hidden). With `normalize=True`
@@ -100,17 +100,5 @@ class BertTextEmbedder(FunctionalModel):
         self.pooling = pooling
         self.normalize = normalize
 
-    def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "backbone": keras.saving.serialize_keras_object(self.backbone),
-            "pooling": self.pooling,
-            "normalize": self.normalize,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        return cls(**config)
+    def head_config(self):
+        return {"pooling": self.pooling, "normalize": self.normalize}

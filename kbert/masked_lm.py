@@ -3,12 +3,12 @@
 import keras
 from keras import ops
 
-from kbert.functional import FunctionalModel
+from kbert.functional import TaskModel
 from kbert.layers import MaskedLMHead, bert_kernel_initializer
 
 
 @keras.saving.register_keras_serializable(package="kbert")
-class BertMaskedLM(FunctionalModel):
+class BertMaskedLM(TaskModel):
     """BERT for masked-language-model pretraining.
 
     Adds the input `mask_positions` (batch, num_predictions) to the backbone's inputs and
@@ -92,31 +92,5 @@ class BertMaskedLM(FunctionalModel):
         pooler = {id(weight) for weight in self.backbone.pooled_dense.weights}
         return [variable for variable in variables if id(variable) not in pooler]
 
-    def compile(self, optimizer="auto", loss="auto", weighted_metrics="auto", **kwargs):
-        """Compiles with the choices of `kbert.tasks.masked_lm` where an argument is "auto".
-
-        The defaults are AdamW (learning rate 1e-4, weight decay 0.01), sparse categorical
-        cross-entropy on logits (`kbert.losses`), and masked-LM loss and accuracy as weighted
-        metrics so that padded prediction slots (weight 0) do not count.
-        """
-        from kbert import tasks
-
-        task = tasks.for_model(self)
-        arguments = task.compile_arguments(
-            self, optimizer=optimizer, loss=loss, weighted_metrics=weighted_metrics
-        )
-        super().compile(**arguments, **kwargs)
-
-    def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "backbone": keras.saving.serialize_keras_object(self.backbone),
-            "next_sentence_prediction": self.next_sentence_prediction,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        return cls(**config)
+    def head_config(self):
+        return {"next_sentence_prediction": self.next_sentence_prediction}

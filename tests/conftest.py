@@ -16,6 +16,28 @@ PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 
 
+def tiny_backbone(vocabulary_size, max_sequence_length=32, **overrides):
+    """A `kbert.BertBackbone` of 2 layers of width 16 (override any argument), for any test."""
+    import kbert
+
+    config = dict(
+        vocabulary_size=vocabulary_size, num_layers=2, num_heads=2, hidden_dim=16,
+        intermediate_dim=32, max_sequence_length=max_sequence_length,
+    )
+    return kbert.BertBackbone(**dict(config, **overrides))
+
+
+def tiny_huggingface_config(vocab_size, **overrides):
+    """The Hugging Face `BertConfig` of the same tiny size as `tiny_backbone`."""
+    import transformers
+
+    config = dict(
+        vocab_size=vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=24,
+    )
+    return transformers.BertConfig(**dict(config, **overrides))
+
+
 @pytest.fixture(scope="session")
 def shared_data():
     """The real data in ../shared/data; tests that need it skip when it is absent."""

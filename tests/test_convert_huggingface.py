@@ -11,6 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import kbert  # noqa: E402
 from kbert import cli  # noqa: E402
+from conftest import tiny_backbone, tiny_huggingface_config  # noqa: E402
 from kbert.convert import (  # noqa: E402
     ConversionError,
     from_huggingface,
@@ -37,16 +38,7 @@ TINY_VOCABULARY = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{index}" 
 
 
 def tiny_config(**overrides):
-    config = dict(
-        vocab_size=len(TINY_VOCABULARY),
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=24,
-    )
-    config.update(overrides)
-    return transformers.BertConfig(**config)
+    return tiny_huggingface_config(len(TINY_VOCABULARY), **overrides)
 
 
 def save_tiny(model_class, directory, seed=0, **config_overrides):
@@ -278,10 +270,7 @@ def test_masked_lm_loaded_into_classifier_reports_what_was_not_used(tmp_path):
     save_tiny(transformers.BertForPreTraining, tmp_path / "hf")
     from_huggingface(tmp_path / "hf", tmp_path / "kbert")
     pretrained = kbert.load(tmp_path / "kbert")
-    backbone = kbert.BertBackbone(
-        vocabulary_size=len(TINY_VOCABULARY), num_layers=2, num_heads=2, hidden_dim=16,
-        intermediate_dim=32, max_sequence_length=24,
-    )
+    backbone = tiny_backbone(len(TINY_VOCABULARY), max_sequence_length=24)
     classifier = kbert.BertClassifier(backbone, num_classes=2)
     notes = load_pretrained_weights(classifier, tmp_path / "kbert")
     assert any("masked-LM head" in note and "not used" in note for note in notes), notes

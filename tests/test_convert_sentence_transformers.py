@@ -12,6 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import kbert  # noqa: E402
 from kbert import cli  # noqa: E402
 from kbert.convert import ConversionError, from_huggingface, read_huggingface  # noqa: E402
+from conftest import tiny_huggingface_config  # noqa: E402
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -34,14 +35,7 @@ def save_tiny_sentence_transformer(directory, pooling_mode="mean", normalize=Tru
 
     bert_directory = directory.parent / f"{directory.name}_bert"
     torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=len(TINY_VOCABULARY),
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=24,
-    )
+    config = tiny_huggingface_config(len(TINY_VOCABULARY))
     bert = transformers.BertModel(config).eval()
     with torch.no_grad():
         # Random biases and LayerNorm parameters, so that a swapped weight cannot go unnoticed.

@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from kbert.data import classification_dataset, default_bucket_boundaries, load_labeled_texts
 from kbert.tokenizer import SPECIAL_TOKENS, BertPreprocessor, BertTokenizer
+from conftest import tiny_backbone
 
 TINY_VOCABULARY = list(SPECIAL_TOKENS) + ["a", "good", "bad", "film", "plot", ".", "very"]
 
@@ -152,9 +153,8 @@ def test_trains_bert_classifier():
         {"text": ["a good film", "a bad plot"] * 8, "label": [1, 0] * 8}
     )
     dataset = classification_dataset(examples, preprocessor, batch_size=4, seed=0)
-    backbone = kbert.BertBackbone(
-        vocabulary_size=tokenizer.vocabulary_size, num_layers=1, num_heads=2, hidden_dim=8,
-        intermediate_dim=16, max_sequence_length=16,
+    backbone = tiny_backbone(
+        tokenizer.vocabulary_size, 16, num_layers=1, hidden_dim=8, intermediate_dim=16
     )
     classifier = kbert.BertClassifier(backbone, num_classes=2)
     # Eager steps: tracing a training step costs more than this test needs to show.

@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from kbert.data import MaskGenerator, default_num_predictions, pretraining_dataset
 from kbert.tokenizer import SPECIAL_TOKENS, BertTokenizer
+from conftest import tiny_backbone
 
 TINY_VOCABULARY = list(SPECIAL_TOKENS) + [
     "the", "cat", "sat", "on", "mat", "dog", "ran", "un", "##believ", "##able", ".", "a",
@@ -258,9 +259,8 @@ def test_trains_bert_masked_lm_with_and_without_next_sentence_prediction():
             documents, tokenizer, batch_size=4, sequence_length=16,
             next_sentence_prediction=next_sentence_prediction, seed=0,
         )
-        backbone = kbert.BertBackbone(
-            vocabulary_size=tokenizer.vocabulary_size, num_layers=1, num_heads=2, hidden_dim=8,
-            intermediate_dim=16, max_sequence_length=16,
+        backbone = tiny_backbone(
+            tokenizer.vocabulary_size, 16, num_layers=1, hidden_dim=8, intermediate_dim=16
         )
         model = kbert.BertMaskedLM(backbone, next_sentence_prediction=next_sentence_prediction)
         # Eager steps: tracing a training step costs more than this test needs to show.

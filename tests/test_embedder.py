@@ -8,21 +8,14 @@ import pytest
 
 import kbert
 from kbert.embedder import EmbeddingPooling
+import conftest
 
 VOCABULARY = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{index}" for index in range(35)]
 SEQUENCE_LENGTH = 12
 
 
 def tiny_backbone():
-    return kbert.BertBackbone(
-        vocabulary_size=len(VOCABULARY),
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        max_sequence_length=SEQUENCE_LENGTH,
-        dropout=0.0,
-    )
+    return conftest.tiny_backbone(len(VOCABULARY), SEQUENCE_LENGTH, dropout=0.0)
 
 
 def tiny_inputs(batch_size=4, seed=0):

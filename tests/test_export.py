@@ -25,6 +25,7 @@ import pytest
 import kbert
 from kbert import model_dir as model_directory
 from kbert.export import check_serving_ops, read_saved_model, serving_ops, versions
+from conftest import tiny_backbone
 
 SEQUENCE_LENGTH = 16
 LABEL_NAMES = ["negative", "neutral", "positive"]
@@ -110,14 +111,7 @@ print(json.dumps(responses))
 def write_model_dir(directory, kind="classifier", text_pair=False, num_classes=3, seed=0):
     """Writes a tiny kbert model directory with widely spread weights; returns the model."""
     keras.utils.set_random_seed(seed)
-    backbone = kbert.BertBackbone(
-        vocabulary_size=len(VOCABULARY),
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        max_sequence_length=32,
-    )
+    backbone = tiny_backbone(len(VOCABULARY))
     if kind == "classifier":
         model = kbert.BertClassifier(backbone, num_classes=num_classes)
         columns = ["sentence1", "sentence2"] if text_pair else ["sentence"]
@@ -691,9 +685,7 @@ def test_a_vocabulary_outside_the_model_directory_is_not_exported(tmp_path):
 
 
 def test_exporting_a_backbone_fails_clearly(tmp_path):
-    backbone = kbert.BertBackbone(
-        vocabulary_size=len(VOCABULARY), num_layers=1, num_heads=2, hidden_dim=16, intermediate_dim=32
-    )
+    backbone = tiny_backbone(len(VOCABULARY), num_layers=1)
     model_directory.save(backbone, tmp_path / "model", VOCABULARY)
     with pytest.raises(ValueError, match="Expected a BertClassifier or BertMaskedLM to export"):
         kbert.export(tmp_path / "model", tmp_path / "saved_models" / "backbone")

@@ -18,19 +18,15 @@ import pytest
 import kbert
 from kbert import cli, files
 from kbert import model_dir as model_directory
+from conftest import tiny_backbone
 
 VOCABULARY = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + "the a cat dog sat on mat".split()
 
 
 def tiny_classifier(seed=0):
     keras.utils.set_random_seed(seed)
-    backbone = kbert.BertBackbone(
-        vocabulary_size=len(VOCABULARY),
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=8,
-        intermediate_dim=16,
-        max_sequence_length=16,
+    backbone = tiny_backbone(
+        len(VOCABULARY), max_sequence_length=16, num_layers=1, hidden_dim=8, intermediate_dim=16
     )
     return kbert.BertClassifier(backbone, num_classes=2)
 

@@ -17,6 +17,7 @@ import kbert.kernels
 import kbert.layers
 from kbert.layers import TransformerEncoder
 from conftest import PROJECT_ROOT
+import conftest
 
 VOCABULARY_SIZE = 40
 SEQUENCE_LENGTH = 12
@@ -24,16 +25,7 @@ NUM_PREDICTIONS = 3
 
 
 def tiny_backbone(**kwargs):
-    config = dict(
-        vocabulary_size=VOCABULARY_SIZE,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        max_sequence_length=SEQUENCE_LENGTH,
-    )
-    config.update(kwargs)
-    return kbert.BertBackbone(**config)
+    return conftest.tiny_backbone(VOCABULARY_SIZE, SEQUENCE_LENGTH, **kwargs)
 
 
 def backbone_inputs(batch_size=4, seed=0):

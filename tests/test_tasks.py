@@ -5,13 +5,11 @@ import pytest
 
 import kbert
 from kbert import tasks
+import conftest
 
 
 def tiny_backbone():
-    return kbert.BertBackbone(
-        vocabulary_size=30, num_layers=1, num_heads=2, hidden_dim=8, intermediate_dim=16,
-        max_sequence_length=16,
-    )
+    return conftest.tiny_backbone(30, 16, num_layers=1, hidden_dim=8, intermediate_dim=16)
 
 
 def test_tasks_are_found_by_name_model_and_model_directory_config():

@@ -15,6 +15,7 @@ import kbert
 from kbert import callbacks as callbacks_lib
 from kbert import training
 from kbert.metrics import masked_lm_metrics
+import conftest
 
 SEQUENCE_LENGTH = 16
 NUM_PREDICTIONS = 4
@@ -25,15 +26,7 @@ VOCABULARY_SIZE = 50
 
 
 def tiny_backbone(dropout=0.0):
-    return kbert.BertBackbone(
-        vocabulary_size=VOCABULARY_SIZE,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        max_sequence_length=SEQUENCE_LENGTH,
-        dropout=dropout,
-    )
+    return conftest.tiny_backbone(VOCABULARY_SIZE, SEQUENCE_LENGTH, dropout=dropout)
 
 
 def token_inputs(rng, num_examples):
