@@ -1,15 +1,89 @@
 """The settings of a training run, as small objects that scripts, recipes and the CLI share.
 
-Each field has the name of its CLI flag (`learning_rate` is `--learning-rate`) and of the
-argument of `kbert.workflows.pretrain` / `finetune` that takes it, so a concept reads the
-same from the command line to the model directory.
+Four objects describe a run: the model (`ModelConfig`), the data (`DataConfig`), the
+optimizer (`OptimizerConfig`) and where and how it runs (`RunConfig`). Each field has the
+name of its CLI flag (`learning_rate` is `--learning-rate`) and of the argument of
+`kbert.workflows.pretrain` / `finetune` that takes it, and the model directory stores them
+under the same names (`config.json`'s "configs"), so a concept reads the same from the
+command line to the saved model.
 
 Example:
+>>> model = ModelConfig(init="runs/mini")
+>>> data = DataConfig(train="train.tsv", validation="dev.tsv", task="sst2")
 >>> optimizer = OptimizerConfig(learning_rate=1e-4, warmup_steps=100)
->>> run = RunConfig(output_dir="runs/mini", precision="mixed_bfloat16")
+>>> run = RunConfig(output_dir="runs/sst2", precision="mixed_bfloat16")
+>>> workflows.run_finetuning(model, data, optimizer, run, epochs=3)  # doctest: +SKIP
 """
 
 import dataclasses
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """The model a run trains.
+
+    Args:
+        init: the kbert model directory fine-tuning starts from (its backbone, vocabulary
+            and tokenizer settings; not its heads).
+        size: a named size for pretraining from scratch, `tiny` ... `large` or
+            `L{layers}_H{hidden}`.
+        dropout: the dropout rate of every layer (fine-tuning sets its own, whatever the
+            checkpoint was pretrained with).
+        next_sentence_prediction: pretraining also trains BERT's next-sentence head.
+    """
+
+    init: str = None
+    size: str = "mini"
+    dropout: float = 0.1
+    next_sentence_prediction: bool = False
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """What a run reads, and how it batches it.
+
+    Args:
+        train: the training data: file(s), a GLUE directory or a TFDS name.
+        validation: the validation data, in the same forms (or `None`).
+        task: the task that reads them: a registered task name or one of its aliases (a
+            GLUE task, `conll2003`, ...); `None` is classification.
+        train_split, validation_split: the splits read (TFDS names and slices).
+        data_dir: the TFDS data directory.
+        text_columns: the text column(s), header names or 0-based indices.
+        label_column: the label column, a header name or a 0-based index.
+        label_names: class names in id order (default: read from the data).
+        regression: labels are numbers and the model has one output.
+        header: whether a file's first line names its columns (default: detected).
+        delimiter: the field delimiter (default: from the file's extension).
+        batch_size: the global batch size, split over replicas.
+        sequence_length: tokens per sequence, `[CLS]` and `[SEP]` included.
+        bucket: pad each batch to one of a few bucket lengths rather than
+            `sequence_length`.
+    """
+
+    train: object = None
+    validation: object = None
+    task: str = None
+    train_split: str = "train"
+    validation_split: str = "validation"
+    data_dir: str = None
+    text_columns: list = None
+    label_column: object = None
+    label_names: list = None
+    regression: bool = False
+    header: bool = None
+    delimiter: str = None
+    batch_size: int = 32
+    sequence_length: int = 128
+    bucket: bool = True
+
+    def column_options(self):
+        """How a file's columns are read, as `kbert.data.load_labeled_texts` takes them."""
+        return dict(
+            task=self.task, text_columns=self.text_columns, label_column=self.label_column,
+            label_names=self.label_names, regression=self.regression, header=self.header,
+            delimiter=self.delimiter, data_dir=self.data_dir,
+        )
 
 
 @dataclasses.dataclass
@@ -56,6 +130,9 @@ class RunConfig:
 
     Args:
         output_dir: the model directory to write (a killed run found there resumes).
+        epochs: the run's length in passes over the training data (fine-tuning).
+        num_train_steps: the run's length in batches (pretraining; fine-tuning takes it
+            over `epochs` when given).
         precision: one of `kbert.training.PRECISIONS`.
         strategy: one of `kbert.distribution.STRATEGIES`.
         jit_compile: XLA: "auto", True or False.
@@ -66,6 +143,8 @@ class RunConfig:
     """
 
     output_dir: str
+    epochs: int = 3
+    num_train_steps: int = None
     precision: str = "float32"
     strategy: str = "auto"
     jit_compile: object = "auto"
@@ -78,3 +157,18 @@ class RunConfig:
 def fields(config_class):
     """The field names of a config class, for splitting keyword arguments among configs."""
     return tuple(field.name for field in dataclasses.fields(config_class))
+
+
+def from_arguments(config_class, arguments, **renamed):
+    """A `config_class` of the keyword `arguments` named as its fields (others ignored).
+
+    `renamed` maps a field to the argument that holds it under another name.
+    """
+    values = {name: arguments[name] for name in fields(config_class) if name in arguments}
+    values.update({name: arguments[argument] for name, argument in renamed.items()})
+    return config_class(**values)
+
+
+def as_dicts(**configs):
+    """`{name: fields as a dict}` of configs, as a model directory stores them."""
+    return {name: dataclasses.asdict(value) for name, value in configs.items()}

@@ -26,7 +26,7 @@ FORMAT_NAME = "kbert-model"
 FORMAT_VERSION = 1
 
 
-def save(model, directory, vocabulary, tokenizer=None, task=None):
+def save(model, directory, vocabulary, tokenizer=None, task=None, configs=None):
     """Writes `model` and its vocabulary into `directory` (created if missing).
 
     Args:
@@ -37,6 +37,8 @@ def save(model, directory, vocabulary, tokenizer=None, task=None):
             "sequence_length": 128}`.
         task: what the model was trained for (for classifiers: `label_names`, text and label
             columns, `metric`), or `None`.
+        configs: the config objects of the run that trained it, as dicts
+            (`kbert.config.as_dicts`), or `None`.
     """
     os.makedirs(directory, exist_ok=True)
     files.remove_stale_temporaries(directory)
@@ -56,6 +58,8 @@ def save(model, directory, vocabulary, tokenizer=None, task=None):
         "tokenizer": {"vocabulary": VOCABULARY_FILE, **(tokenizer or {})},
         "task": task,
     }
+    if configs is not None:
+        config["configs"] = configs
     files.write_json(os.path.join(directory, CONFIG_FILE), config)
 
 

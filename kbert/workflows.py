@@ -101,12 +101,21 @@ def pretrain(
         )
         return task.build_model(backbone, next_sentence_prediction=next_sentence_prediction)
 
+    model = config.from_arguments(config.ModelConfig, arguments)
+    data = config.from_arguments(
+        config.DataConfig, dict(arguments, task=PRETRAINING_TASK), train="source",
+        train_split="split",
+    )
+    data.validation, data.validation_split = validation, validation_split
+    run = config.from_arguments(config.RunConfig, arguments)
+    optimizer = config.from_arguments(config.OptimizerConfig, arguments)
     history, _ = train_task(
         task,
         build_model,
         train_data,
         validation_data,
-        *_configs(arguments),
+        run,
+        optimizer,
         num_train_steps=num_train_steps,
         steps_per_epoch=steps_per_epoch or min(num_train_steps, 500),
         vocabulary=vocabulary,
@@ -114,6 +123,7 @@ def pretrain(
         task_settings={"name": PRETRAINING_TASK, "metric": "masked_lm"},
         run_settings=dict(job="pretrain", source=_describe(source), batch_size=batch_size),
         probe_train=True,
+        configs=config.as_dicts(model=model, data=data, optimizer=optimizer, run=run),
     )
     return history
 
@@ -151,7 +161,10 @@ def finetune(
     distribution_options=None,
     verbose="auto",
 ):
-    """Fine-tunes the backbone of model directory `init` as a classifier.
+    """Fine-tunes the backbone of model directory `init` for `task` (a classifier by default).
+
+    The keyword form of `run_finetuning`: each argument is the field of the config object
+    of the same name (`kbert.config`).
 
     Args:
         output_dir: the model directory to write.
@@ -160,59 +173,63 @@ def finetune(
         train: a TSV/CSV file, a GLUE directory (with `task`) or a TFDS name (`glue/sst2`).
         validation: the same for the validation data; for a TFDS name, `validation_split`
             of `train` is used when `validation` is not given.
-        task: a GLUE task name: fills in columns, label names and the metric.
-        bucket: pad each batch to a few bucket lengths rather than `sequence_length`.
-        warmup_ratio: share of the training steps spent in linear warmup.
-        Others: as in `kbert.data.load_labeled_texts` and `kbert.training.make_optimizer`.
+        task: a task name or alias (`kbert.tasks.get`); a GLUE task name fills in columns,
+            label names and the metric. `None` is text classification.
+        Others: as in `kbert.config.DataConfig`, `OptimizerConfig` and `RunConfig`.
 
     Returns:
         `(history, metrics)`: the run's history and the final validation metrics (or `{}`).
     """
-    arguments = dict(locals())  # before any other name is bound: the run's settings
-    from kbert.data import load_labeled_texts
-    from kbert.data.sources import is_local
-    from kbert.tokenizer import BertPreprocessor, BertTokenizer
+    arguments = dict(locals())
+    return run_finetuning(
+        config.from_arguments(config.ModelConfig, arguments),
+        config.from_arguments(config.DataConfig, arguments),
+        config.from_arguments(config.OptimizerConfig, arguments),
+        config.from_arguments(config.RunConfig, arguments),
+    )
 
-    for name, value in dict(epochs=epochs, batch_size=batch_size, sequence_length=sequence_length).items():
-        _check_positive(name, value)
-    model_dir.read_config(init)  # a bad init stops here, before the data is read
-    source_options = dict(
-        task=task, text_columns=text_columns, label_column=label_column, label_names=label_names,
-        regression=regression, header=header, delimiter=delimiter, data_dir=data_dir,
-    )
-    training_texts = load_labeled_texts(train, split=train_split, **source_options)
-    if validation is None and not is_local(train):
-        validation = train
-    # Validation labels must mean what training labels mean.
-    source_options["label_names"] = training_texts.label_names
-    steps_per_epoch = _steps_per_epoch(training_texts, batch_size, train)
-    settings = _classification_settings(training_texts, text_columns, label_column)
-    classification = tasks.get(settings["name"], settings)
-    tokenizer = BertTokenizer.from_model_dir(init)
-    train_data, validation_data = classification.datasets(
-        train, BertPreprocessor(tokenizer, sequence_length=sequence_length), batch_size,
-        train_split=train_split, validation=validation, validation_split=validation_split,
-        seed=seed, bucket=bucket, **source_options,
-    )
+
+def run_finetuning(model, data, optimizer, run):
+    """Fine-tunes `model.init` on `data`, as the task `data.task` trains it.
+
+    Args:
+        model: a `kbert.config.ModelConfig` (its `init` and `dropout`).
+        data: a `kbert.config.DataConfig`.
+        optimizer: a `kbert.config.OptimizerConfig`.
+        run: a `kbert.config.RunConfig` (its `epochs`, or `num_train_steps`).
+
+    Returns:
+        `(history, metrics)`: the run's history and the final validation metrics (or `{}`).
+    """
+    from kbert.tokenizer import BertTokenizer
+
+    for name in ("epochs", "batch_size", "sequence_length"):
+        _check_positive(name, getattr(run if name == "epochs" else data, name))
+    model_dir.read_config(model.init)  # a bad init stops here, before the data is read
+    task = tasks.get(data.task or "classification")
+    tokenizer = BertTokenizer.from_model_dir(model.init)
+    prepared = task.prepare_finetuning(model.init, data, tokenizer, seed=run.seed)
+    num_train_steps = run.num_train_steps or run.epochs * prepared.steps_per_epoch
 
     def build_model():
-        backbone = _load_backbone(init, dropout)
-        if sequence_length > backbone.max_sequence_length:
+        backbone = _load_backbone(model.init, model.dropout)
+        if data.sequence_length > backbone.max_sequence_length:
             raise ValueError(
                 f"Expected sequence_length to be at most {backbone.max_sequence_length}, the "
-                f"longest the model in {init} takes (its max_sequence_length). "
-                f"Received: sequence_length={sequence_length}"
+                f"longest the model in {model.init} takes (its max_sequence_length). "
+                f"Received: sequence_length={data.sequence_length}"
             )
-        return classification.build_model(backbone, settings["num_classes"], dropout=dropout)
+        return task.build_model(backbone, dropout=model.dropout)
 
-    run_settings = dict(job="finetune", init=os.path.abspath(init), task=settings,
-                        train=_describe(train), batch_size=batch_size)
+    run_settings = dict(job="finetune", init=os.path.abspath(model.init), task=prepared.settings,
+                        train=_describe(data.train), batch_size=data.batch_size)
     return train_task(
-        classification, build_model, train_data, validation_data, *_configs(arguments),
-        num_train_steps=epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch,
-        vocabulary=model_dir.vocabulary_path(init),
-        tokenizer_settings=dict(tokenizer.get_config(), sequence_length=sequence_length),
-        task_settings=settings, run_settings=run_settings, evaluate=True,
+        task, build_model, prepared.train_data, prepared.validation_data, run, optimizer,
+        num_train_steps=num_train_steps, steps_per_epoch=prepared.steps_per_epoch,
+        vocabulary=model_dir.vocabulary_path(model.init),
+        tokenizer_settings=dict(tokenizer.get_config(), sequence_length=data.sequence_length),
+        task_settings=prepared.settings, run_settings=run_settings, evaluate=True,
+        configs=config.as_dicts(model=model, data=data, optimizer=optimizer, run=run),
     )
 
 
@@ -231,6 +248,7 @@ def train_task(
     run_settings,
     probe_train=False,
     evaluate=False,
+    configs=None,
 ):
     """The steps every training job shares: what differs comes in as arguments.
 
@@ -251,6 +269,8 @@ def train_task(
         probe_train: build the training pipeline eagerly first, so bad input stops the run
             with its own message (inside tf.data it would surface wrapped in tracing errors).
         evaluate: score the validation data at the end (written to `metrics.json`).
+        configs: the run's config objects as dicts (`kbert.config.as_dicts`), stored in the
+            model directory.
 
     Returns:
         `(history, metrics)`: the run's history and the final validation metrics (or `{}`).
@@ -294,7 +314,8 @@ def train_task(
         metrics = _round(task.evaluate(model, validation_data(), compile=False))
     if distribution.is_chief:
         model_dir.save(
-            model, run.output_dir, vocabulary, tokenizer=tokenizer_settings, task=task_settings
+            model, run.output_dir, vocabulary, tokenizer=tokenizer_settings, task=task_settings,
+            configs=configs,
         )
         if metrics:
             files.write_json(os.path.join(run.output_dir, "metrics.json"), metrics)
@@ -443,15 +464,6 @@ def without_misleading_warnings():
         yield
 
 
-def _configs(arguments):
-    """The `RunConfig` and `OptimizerConfig` of a job, from its arguments (named as the fields)."""
-    run = config.RunConfig(**{name: arguments[name] for name in config.fields(config.RunConfig)})
-    optimizer = config.OptimizerConfig(
-        **{name: arguments[name] for name in config.fields(config.OptimizerConfig) if name in arguments}
-    )
-    return run, optimizer
-
-
 def _held_out_text(source, split, validation, validation_split):
     """`(validation, validation_split)` of a pretraining run: without `validation`, a split of `source`."""
     if validation is None and validation_split is not None:
@@ -463,31 +475,6 @@ def _held_out_text(source, split, validation, validation_split):
                 f"Received: split={split!r}, validation_split={validation_split!r}"
             )
     return validation, validation_split or "train"
-
-
-def _steps_per_epoch(training_texts, batch_size, train):
-    """Batches in one pass over the training examples."""
-    steps_per_epoch = math.ceil((training_texts.num_examples or 0) / batch_size)
-    if not steps_per_epoch:
-        raise ValueError(f"Could not count the training examples of {train}")
-    return steps_per_epoch
-
-
-def _classification_settings(training_texts, text_columns, label_column):
-    """What a classifier's model directory records about its task (see `kbert.tasks`)."""
-    glue = training_texts.task
-    num_classes = training_texts.num_classes
-    return {
-        "name": glue.name if glue else "classification",
-        "label_names": list(training_texts.label_names) if training_texts.label_names else None,
-        "num_classes": num_classes,
-        "metric": glue.metric if glue else ("pearson_spearman" if num_classes == 1 else "accuracy"),
-        "text_columns": (
-            list(text_columns) if text_columns else list(glue.text_columns) if glue else None
-        ),
-        "label_column": label_column,
-        "text_pair": training_texts.has_text_pair,
-    }
 
 
 def _load_backbone(directory, dropout):

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+import kbert.config
 from kbert import cli, model_dir
 from conftest import PROJECT_ROOT
 
@@ -135,6 +136,13 @@ def test_finetune_then_evaluate(files, pretrained, tmp_path, capsys):
     assert config["tokenizer"]["sequence_length"] == 32
     # --dropout reaches the whole backbone, not only the classifier head (pretrained with 0.1).
     assert model_dir.load(output).backbone.dropout == 0.05
+    # The flags became the run's config objects, stored under their field names, from which
+    # a script rebuilds the same run.
+    configs = config["configs"]
+    assert kbert.config.DataConfig(**configs["data"]).batch_size == 8
+    assert kbert.config.ModelConfig(**configs["model"]).init == str(pretrained)
+    assert kbert.config.OptimizerConfig(**configs["optimizer"]).learning_rate == 1e-3
+    assert kbert.config.RunConfig(**configs["run"]).epochs == 2
 
     code, out, err = run_kbert(
         capsys, "evaluate", "--model", output, "--data", files / "dev.tsv",
@@ -165,6 +173,9 @@ def test_pretrain_holds_out_a_split_of_its_input(files, tmp_path, capsys):
         "--steps-per-epoch", "4", "--output", output, "--data-dir", files / "tfds", *TINY_MODEL,
     )
     assert code == 0, err
+    saved = model_dir.read_config(output)["configs"]
+    assert (saved["data"]["train_split"], saved["data"]["validation_split"]) == ("train[:80%]", held_out)
+    assert saved["run"]["num_train_steps"] == 4
     history = json.loads((output / "history.json").read_text())
     # Scoring the same held-out documents afterwards, in batches of the same size (masks are
     # drawn per batch), gives the figure of the last validation.

@@ -1,10 +1,14 @@
-"""`kbert finetune`: fine-tune a pretrained BERT as a text classifier."""
+"""`kbert finetune`: fine-tune a pretrained BERT for a task (text classification by default).
+
+The flags build the run's config objects (`kbert.config`); each flag is the field of the
+same name.
+"""
 
 import json
 
 from kbert.commands import options
 
-HELP = "Fine-tune a kbert model directory as a classifier on a GLUE task, a TSV/CSV file or TFDS."
+HELP = "Fine-tune a kbert model directory for a task: a GLUE task, a TSV/CSV file or TFDS."
 
 
 def add_arguments(parser):
@@ -36,24 +40,22 @@ def add_arguments(parser):
 
 
 def run(args):
-    from kbert import workflows
+    from kbert import config, workflows
 
-    _, metrics = workflows.finetune(
-        args.output,
-        args.init,
-        args.train if args.train else args.tfds,
-        validation=args.validation,
-        task=args.task,
+    arguments = dict(
+        vars(args),
+        train=args.train if args.train else args.tfds,
         label_names=args.label_names.split(",") if args.label_names else None,
-        regression=args.regression,
-        train_split=args.train_split,
-        validation_split=args.validation_split,
-        data_dir=args.data_dir,
-        epochs=args.epochs,
         bucket=not args.no_bucketing,
-        warmup_ratio=args.warmup_ratio,
         **options.column_options(args),
         **options.training_options(args),
+        output_dir=args.output,
+    )
+    _, metrics = workflows.run_finetuning(
+        config.from_arguments(config.ModelConfig, arguments),
+        config.from_arguments(config.DataConfig, arguments),
+        config.from_arguments(config.OptimizerConfig, arguments),
+        config.from_arguments(config.RunConfig, arguments),
     )
     print(f"Fine-tuned model saved in {args.output}")
     print(f"Next: kbert export --model {args.output} --output saved_models/NAME")

@@ -11,6 +11,13 @@ Example:
 >>> classifier.compile(**task.compile_arguments(classifier))  # doctest: +SKIP
 """
 
+import collections
+
+# What fine-tuning needs from a task (see `Task.prepare_finetuning`).
+Finetuning = collections.namedtuple(
+    "Finetuning", ["train_data", "validation_data", "steps_per_epoch", "settings"]
+)
+
 
 class Task:
     """The base class of kbert's tasks.
@@ -28,18 +35,34 @@ class Task:
     model_class_name = None
     # Peak learning rate of the optimizer `compile_arguments` makes for "auto".
     learning_rate = 5e-5
+    # More names that select the task (each saved as the settings' "name"), e.g. datasets
+    # whose format and labels the task knows.
+    aliases = ()
 
     def __init__(self, settings=None):
         self.settings = dict(settings or {})
 
     # === Model ===
 
-    def build_model(self, backbone, **options):
-        """The task's Keras model on top of `backbone`."""
+    def build_model(self, backbone, dropout=0.1):
+        """The task's Keras model on top of `backbone`, as `self.settings` describe it."""
         raise NotImplementedError
 
-    def datasets(self, **options):
-        """`(train_data, validation_data)`: functions of an `input_context` returning batches."""
+    def prepare_finetuning(self, init, data, tokenizer, seed=0):
+        """What fine-tuning the backbone of `init` on `data` needs.
+
+        Args:
+            init: the model directory fine-tuning starts from.
+            data: a `kbert.config.DataConfig`.
+            tokenizer: the `kbert.tokenizer.BertTokenizer` of `init`.
+            seed: the seed of shuffling.
+
+        Returns:
+            A `Finetuning`: `train_data` and `validation_data` (functions of an
+            `input_context` returning batches; `validation_data` may be `None`), the
+            `steps_per_epoch` of one pass over the training data, and the `settings` to save
+            as the model directory's "task" entry, from which `build_model` builds the head.
+        """
         raise NotImplementedError
 
     # === Loss and metrics ===
@@ -123,16 +146,16 @@ def names():
 
 
 def get(name, settings=None):
-    """The task called `name`, with `settings`; a GLUE task name is a classification task."""
-    from kbert.data.glue import GLUE_TASKS
-
+    """The task called `name` (or one of its aliases, e.g. a GLUE task), with `settings`."""
     registry = _registry()
     if name in registry:
         return registry[name](settings)
-    if name in GLUE_TASKS:
-        return registry["classification"](dict(settings or {}, name=name))
+    for task in registry.values():
+        if name in task.aliases:
+            return task(dict(settings or {}, name=name))
+    aliases = ", ".join(alias for task in registry.values() for alias in task.aliases)
     raise ValueError(
-        f"Expected task to be one of {', '.join(registry)} or a GLUE task. Received: task={name!r}"
+        f"Expected task to be one of {', '.join(registry)} or {aliases}. Received: task={name!r}"
     )
 
 

@@ -7,9 +7,12 @@ task's classes are named as TFDS names them (SST-2's `negative` and `positive`),
 and in the export, even for a model directory that saved no names.
 """
 
+import math
+
 import keras
 
-from kbert.tasks import Task
+from kbert.data.glue import GLUE_TASKS
+from kbert.tasks import Finetuning, Task
 
 
 class ClassificationTask(Task):
@@ -22,13 +25,41 @@ class ClassificationTask(Task):
     name = "classification"
     model_class_name = "BertClassifier"
     learning_rate = 5e-5
+    aliases = tuple(GLUE_TASKS)
 
     # === Model ===
 
-    def build_model(self, backbone, num_classes, dropout=0.1):
+    def build_model(self, backbone, dropout=0.1, num_classes=None):
+        """A `BertClassifier` of `num_classes` (default: the settings') outputs."""
         from kbert.classifier import BertClassifier
 
+        num_classes = num_classes or self.settings["num_classes"]
         return BertClassifier(backbone, num_classes=num_classes, dropout=dropout)
+
+    def prepare_finetuning(self, init, data, tokenizer, seed=0):
+        """Labeled texts of `data` (see `kbert.data.load_labeled_texts`), in batches."""
+        from kbert.data import load_labeled_texts
+        from kbert.data.sources import is_local
+        from kbert.tokenizer import BertPreprocessor
+
+        source_options = data.column_options()
+        training_texts = load_labeled_texts(data.train, split=data.train_split, **source_options)
+        validation = data.validation
+        if validation is None and not is_local(data.train):
+            validation = data.train
+        # Validation labels must mean what training labels mean.
+        source_options["label_names"] = training_texts.label_names
+        steps_per_epoch = math.ceil((training_texts.num_examples or 0) / data.batch_size)
+        if not steps_per_epoch:
+            raise ValueError(f"Could not count the training examples of {data.train}")
+        self.settings = _settings(training_texts, data.text_columns, data.label_column)
+        train_data, validation_data = self.datasets(
+            data.train, BertPreprocessor(tokenizer, sequence_length=data.sequence_length),
+            data.batch_size, train_split=data.train_split, validation=validation,
+            validation_split=data.validation_split, seed=seed, bucket=data.bucket,
+            **source_options,
+        )
+        return Finetuning(train_data, validation_data, steps_per_epoch, self.settings)
 
     def datasets(self, train, preprocessor, batch_size, train_split="train", validation=None,
                  validation_split="validation", seed=0, bucket=True, **source_options):
@@ -53,8 +84,6 @@ class ClassificationTask(Task):
 
     def label_names(self, num_classes):
         """Class names in id order: saved ones, else the GLUE task's, else "0", "1", ..."""
-        from kbert.data.glue import GLUE_TASKS
-
         names = self.settings.get("label_names")
         glue = GLUE_TASKS.get(self.settings.get("name"))
         if names is None and glue is not None and glue.num_classes == num_classes:
@@ -179,3 +208,20 @@ class ClassificationTask(Task):
                 signatures.REGRESS_METHOD if regression else signatures.CLASSIFY_METHOD,
             ),
         }
+
+
+def _settings(training_texts, text_columns, label_column):
+    """What a classifier's model directory records about its task."""
+    glue = training_texts.task
+    num_classes = training_texts.num_classes
+    return {
+        "name": glue.name if glue else "classification",
+        "label_names": list(training_texts.label_names) if training_texts.label_names else None,
+        "num_classes": num_classes,
+        "metric": glue.metric if glue else ("pearson_spearman" if num_classes == 1 else "accuracy"),
+        "text_columns": (
+            list(text_columns) if text_columns else list(glue.text_columns) if glue else None
+        ),
+        "label_column": label_column,
+        "text_pair": training_texts.has_text_pair,
+    }
