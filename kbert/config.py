@@ -59,6 +59,8 @@ class DataConfig:
         sequence_length: tokens per sequence, `[CLS]` and `[SEP]` included.
         bucket: pad each batch to one of a few bucket lengths rather than
             `sequence_length`.
+        tag_column: token classification: the 0-based column of the tags (-1: the last).
+        tag_scheme: token classification: the scheme the tags follow (IOB1, IOB2, IOBES).
     """
 
     train: object = None
@@ -76,6 +78,8 @@ class DataConfig:
     batch_size: int = 32
     sequence_length: int = 128
     bucket: bool = True
+    tag_column: int = -1
+    tag_scheme: str = "IOB2"
 
     def column_options(self):
         """How a file's columns are read, as `kbert.data.load_labeled_texts` takes them."""

@@ -28,6 +28,10 @@ def add_arguments(parser):
     parser.add_argument("--regression", action="store_true",
                         help="labels are numbers, one output (STS-B style)")
     options.add_column_arguments(parser)
+    parser.add_argument("--tag-column", type=int, default=-1,
+                        help="token classification: 0-based column of the tags (default: -1, the last)")
+    parser.add_argument("--tag-scheme", default="IOB2", choices=("IOB1", "IOB2", "IOBES"),
+                        help="token classification: the tags' scheme, checked on every sentence")
     parser.add_argument("--init", required=True, metavar="DIR",
                         help="kbert model directory to start from (pretrain, finetune or convert)")
     parser.add_argument("--epochs", type=options.positive_int, default=3, help="epochs (default: 3)")
