@@ -53,7 +53,7 @@ class BertTokenClassifier(FunctionalModel):
         self.num_classes = num_classes
         self.dropout = dropout
 
-    def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
+    def compile(self, optimizer="auto", loss="auto", metrics="auto", weighted_metrics="auto", **kwargs):
         """Compiles with the choices of `kbert.tasks.token_classification` where an argument is "auto".
 
         The defaults are AdamW (learning rate 5e-5, weight decay 0.01) and cross-entropy on
@@ -62,7 +62,9 @@ class BertTokenClassifier(FunctionalModel):
         from kbert import tasks
 
         task = tasks.for_model(self)
-        arguments = task.compile_arguments(self, optimizer=optimizer, loss=loss, metrics=metrics)
+        arguments = task.compile_arguments(
+            self, optimizer=optimizer, loss=loss, metrics=metrics, weighted_metrics=weighted_metrics
+        )
         super().compile(**arguments, **kwargs)
 
     def get_config(self):

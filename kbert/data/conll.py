@@ -21,8 +21,10 @@ import re
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 from kbert import tagging
+from kbert.data import builders
 from kbert.data.sources import distribution_options, without_autotuning
 
 DOCSTART = "-DOCSTART-"
@@ -51,14 +53,12 @@ def read_sentences(path, tag_column=-1, label_names=None, scheme="IOB2"):
         ValueError: naming the file and line, for a line with too few columns, an unknown
             tag, or a tag the scheme does not allow where it stands.
     """
-    from kbert.data.builders import read_lines
-
     if scheme is not None:
         scheme = tagging.check_scheme(scheme)
     allowed = None if label_names is None else set(label_names)
     num_columns = max(2, tag_column + 1 if tag_column >= 0 else -tag_column + 1)
     words, tags, lines = [], [], []
-    for line_number, line in read_lines(path):
+    for line_number, line in builders.read_lines(path):
         fields = _COLUMN_SEPARATOR.split(line.strip(" \t")) if line.strip(" \t") else []
         if fields and fields[0] == DOCSTART:
             continue
@@ -115,56 +115,52 @@ def read_label_names(paths, tag_column=-1, scheme="IOB2"):
 # === The TFDS builder ===
 
 
-def _builder_class():
-    """`ConllFile`, defined on first use: importing TFDS takes seconds."""
-    import tensorflow_datasets as tfds
+class ConllFileConfig(tfds.core.BuilderConfig):
+    """Which CoNLL-style files make up each split, and how they are read."""
 
-    from kbert.data import builders
+    def __init__(self, *, files, options, **kwargs):
+        super().__init__(**kwargs)
+        self.files = files
+        self.options = options
 
-    class ConllFileConfig(tfds.core.BuilderConfig):
-        def __init__(self, *, files, options, **kwargs):
-            super().__init__(**kwargs)
-            self.files = files
-            self.options = options
 
-    class ConllFile(tfds.core.GeneratorBasedBuilder):
-        """CoNLL-style files as a TFDS dataset of sentences (features `words`, `tags`)."""
+def conll_file_config(files, options):
+    """A `ConllFileConfig` for `files` (a dict split -> paths) read with `read_sentences` `options`."""
+    return ConllFileConfig(
+        name=builders._config_name("conll", files, options), version=builders.VERSION,
+        release_notes=builders.RELEASE_NOTES, files=files, options=options,
+        description="Sentences from: " + ", ".join(p for paths in files.values() for p in paths),
+    )
 
-        VERSION = builders.VERSION
-        RELEASE_NOTES = builders.RELEASE_NOTES
-        # No files beside the code to find (see kbert.data.builders).
-        code_path = None
 
-        def _info(self):
-            label_names = list(self.builder_config.options["label_names"])
-            return self.dataset_info_from_configs(
-                features=tfds.features.FeaturesDict({
-                    "words": tfds.features.Sequence(tfds.features.Text()),
-                    "tags": tfds.features.Sequence(tfds.features.ClassLabel(names=label_names)),
-                }),
-                disable_shuffling=True,
-            )
+class ConllFile(tfds.core.GeneratorBasedBuilder):
+    """CoNLL-style files as a TFDS dataset of sentences (features `words`, `tags`)."""
 
-        def _split_generators(self, dl_manager):
-            del dl_manager  # local files only
-            return {split: self._generate_examples(paths) for split, paths in self.builder_config.files.items()}
+    VERSION = builders.VERSION
+    RELEASE_NOTES = builders.RELEASE_NOTES
+    # No files beside the code to find (see kbert.data.builders).
+    code_path = None
 
-        def _generate_examples(self, paths):
-            options = self.builder_config.options
-            index = 0
-            for path in paths:
-                for _, words, tags in read_sentences(path, **options):
-                    yield index, {"words": words, "tags": tags}
-                    index += 1
-
-    def config(files, options):
-        return ConllFileConfig(
-            name=builders._config_name("conll", files, options), version=builders.VERSION,
-            release_notes=builders.RELEASE_NOTES, files=files, options=options,
-            description="Sentences from: " + ", ".join(p for paths in files.values() for p in paths),
+    def _info(self):
+        label_names = list(self.builder_config.options["label_names"])
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict({
+                "words": tfds.features.Sequence(tfds.features.Text()),
+                "tags": tfds.features.Sequence(tfds.features.ClassLabel(names=label_names)),
+            }),
+            disable_shuffling=True,
         )
 
-    return ConllFile, config
+    def _split_generators(self, dl_manager):
+        del dl_manager  # local files only
+        return {split: self._generate_examples(paths) for split, paths in self.builder_config.files.items()}
+
+    def _generate_examples(self, paths):
+        index = 0
+        for path in paths:
+            for _, words, tags in read_sentences(path, **self.builder_config.options):
+                yield index, {"words": words, "tags": tags}
+                index += 1
 
 
 @dataclasses.dataclass
@@ -202,7 +198,6 @@ def load_tagged_sentences(
     Returns:
         `TaggedSentences`.
     """
-    from kbert.data import builders
     from kbert.data.sources import _prepare_local, _read_split
 
     files = builders._normalise_files(source)
@@ -213,8 +208,7 @@ def load_tagged_sentences(
     if label_names is None:
         label_names = read_label_names([p for paths in files.values() for p in paths], tag_column, scheme)
     options = {"tag_column": tag_column, "label_names": list(label_names), "scheme": scheme}
-    builder_class, config = _builder_class()
-    builder = _prepare_local(builder_class(config=config(files, options), data_dir=data_dir))
+    builder = _prepare_local(ConllFile(config=conll_file_config(files, options), data_dir=data_dir))
     dataset = _read_split(builder, split, input_context).map(
         lambda example: {"words": example["words"], "tags": tf.cast(example["tags"], tf.int32)},
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -318,10 +312,13 @@ def tagging_dataset(
         pieces = word_pieces(preprocessor.tokenizer, sentence["words"], max_pieces)
         return sentence_windows(pieces, sentence["tags"], max_pieces)
 
-    dataset = source.dataset.map(windows, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+    # Without autograph, which would spend seconds converting the tokenizer's code: nothing
+    # here branches on tensors.
+    plain = tf.autograph.experimental.do_not_convert
+    dataset = source.dataset.map(plain(windows), num_parallel_calls=tf.data.AUTOTUNE).unbatch()
     # Unbatched ragged rows are ragged tensors of ragged rank 0 until a map makes them plain.
     dataset = dataset.map(
-        lambda window: dict(window, num_pieces=tf.size(window["token_ids"], out_type=tf.int32))
+        plain(lambda window: dict(window, num_pieces=tf.size(window["token_ids"], out_type=tf.int32)))
     ).cache()
     if shuffle:
         dataset = dataset.shuffle(shuffle_buffer_size, seed=seed)
@@ -335,10 +332,10 @@ def tagging_dataset(
         dataset = dataset.padded_batch(batch_size, drop_remainder=drop_remainder)
     else:
         dataset = dataset.group_by_window(
-            key_func=lambda window: tf.cast(
+            key_func=plain(lambda window: tf.cast(
                 tf.searchsorted(boundaries_tensor, [window["num_pieces"] + 2])[0], tf.int64
-            ),
-            reduce_func=lambda _, group: group.padded_batch(batch_size, drop_remainder=drop_remainder),
+            )),
+            reduce_func=plain(lambda _, group: group.padded_batch(batch_size, drop_remainder=drop_remainder)),
             window_size=batch_size,
         )
 
@@ -352,7 +349,7 @@ def tagging_dataset(
         padding = [[0, 0], [1, length - 1 - longest]]
         return x, tf.pad(batch["labels"], padding), tf.pad(batch["sample_weight"], padding)
 
-    dataset = dataset.map(pack, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(plain(pack), num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.with_options(distribution_options(input_context)).prefetch(tf.data.AUTOTUNE)
     return without_autotuning(dataset)
 

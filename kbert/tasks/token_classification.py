@@ -105,11 +105,13 @@ class TokenClassificationTask(Task):
         )
         return dict(loss=loss, weighted_metrics=[keras.metrics.SparseCategoricalAccuracy("accuracy")])
 
-    def compile_arguments(self, model, optimizer="auto", **given):
-        # "metrics" of the base class are weighted ones here: only first pieces count.
-        if "metrics" in given:
-            given["weighted_metrics"] = given.pop("metrics")
-        return super().compile_arguments(model, optimizer=optimizer, **given)
+    def compile_arguments(self, model, optimizer="auto", metrics="auto", weighted_metrics="auto", **given):
+        # Metrics given are weighted ones here: only first pieces count.
+        if not (isinstance(metrics, str) and metrics == "auto"):
+            weighted_metrics = metrics
+        return super().compile_arguments(
+            model, optimizer=optimizer, weighted_metrics=weighted_metrics, **given
+        )
 
     # === Evaluation ===
 
