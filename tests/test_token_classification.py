@@ -159,6 +159,30 @@ def write_init(directory):
     model_directory.save(backbone, directory, VOCABULARY, tokenizer={"lowercase": True})
 
 
+def spread_weights(model, seed=0):
+    """Widely spread weights: BERT's initialisation tags every word alike, and a model must
+    find entities on the hard texts for their offsets to be checked."""
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        if not variable.path.endswith(("gamma", "beta")):  # LayerNorms stay the identity
+            variable.assign(rng.normal(0.0, 0.3, variable.shape).astype("float32"))
+
+
+def write_token_classifier_dir(directory, sequence_length=16):
+    """A tiny token classifier's model directory (tags `TAGS`); returns the model."""
+    write_init(directory)
+    backbone = model_directory.load(directory)
+    task = tasks.get("conll2003", {"label_names": TAGS, "num_classes": len(TAGS)})
+    model = task.build_model(backbone)
+    spread_weights(model)
+    settings = dict(task.settings, scheme="IOB2", tag_column=-1)
+    model_directory.save(
+        model, directory, VOCABULARY, tokenizer={"lowercase": True, "sequence_length": sequence_length},
+        task=settings,
+    )
+    return model
+
+
 def test_finetune_evaluate_predict_and_export(tmp_path, capsys):
     from kbert import cli, workflows
     from kbert.export import check_serving_ops
@@ -183,13 +207,8 @@ def test_finetune_evaluate_predict_and_export(tmp_path, capsys):
     assert set(evaluated["per_type"]) <= {"PER", "LOC"}
     assert evaluated["per_type"]["PER"]["support"] == 8
 
-    # The tagger must find entities on the hard texts for the offsets to be checked: weights
-    # spread widely make a random model tag many words.
     model = model_directory.load(output)
-    rng = np.random.default_rng(0)
-    for variable in model.weights:
-        if not variable.path.endswith(("gamma", "beta")):
-            variable.assign(rng.normal(0.0, 0.3, variable.shape).astype("float32"))
+    spread_weights(model)
     model_directory.save(model, output, VOCABULARY, tokenizer=config["tokenizer"], task=config["task"])
 
     input_file = tmp_path / "input.txt"
