@@ -184,21 +184,23 @@ def write_token_classifier_dir(directory, sequence_length=16):
 
 
 def test_finetune_evaluate_predict_and_export(tmp_path, capsys):
-    from kbert import cli, workflows
+    from kbert import cli
     from kbert.export import check_serving_ops
 
     train = write(tmp_path / "train.txt", TRAIN * 4)
     write_init(tmp_path / "init")
     output = tmp_path / "tagger"
-    history, metrics = workflows.finetune(
-        os.fspath(output), os.fspath(tmp_path / "init"), train,
-        task="token_classification", epochs=2, batch_size=4, sequence_length=16,
-        learning_rate=1e-2, data_dir=os.fspath(tmp_path / "tfds"), verbose=0,
-    )
-    assert history["loss"][-1] < history["loss"][0]
-    assert metrics == {}  # no validation data
+    assert cli.main([
+        "finetune", "--task", "token_classification", "--train", train, "--tag-column", "2",
+        "--init", os.fspath(tmp_path / "init"), "--output", os.fspath(output), "--epochs", "2",
+        "--batch-size", "4", "--sequence-length", "16", "--learning-rate", "1e-2",
+        "--data-dir", os.fspath(tmp_path / "tfds"), "--quiet",
+    ]) == 0
+    history = json.loads((output / "history.json").read_text())
+    assert history["loss"][-1] < history["loss"][0], history
     config = model_directory.read_config(output)
     assert config["task"]["label_names"] == ["O", "B-LOC", "B-PER", "I-PER"]
+    assert config["task"]["tag_column"] == 2
 
     assert cli.main(["evaluate", "--model", os.fspath(output), "--data", train]) == 0
     evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -14,9 +14,10 @@ HELP = "Fine-tune a kbert model directory for a task: a GLUE task, a TSV/CSV fil
 def add_arguments(parser):
     parser.add_argument("--task", default=None,
                         help="a GLUE task (sst2, cola, mrpc, rte, qnli, stsb, qqp, mnli, wnli): "
-                        "sets columns, labels and metric")
+                        "sets columns, labels and metric; conll2003 or token_classification for "
+                        "named entities from CoNLL-style files")
     train = parser.add_mutually_exclusive_group(required=True)
-    train.add_argument("--train", metavar="FILE", help="training TSV/CSV file")
+    train.add_argument("--train", metavar="FILE", help="training TSV/CSV file (CoNLL-style for tagging)")
     train.add_argument("--tfds", metavar="NAME", help="a TFDS dataset, e.g. glue/sst2")
     parser.add_argument("--validation", metavar="FILE", default=None,
                         help="validation TSV/CSV file (with --tfds: its validation split)")
