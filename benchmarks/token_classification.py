@@ -109,8 +109,9 @@ def _hf_batches(sentences, tokenizer, label_ids, sequence_length, batch_size, ge
     """Padded batches with labels on first pieces (-100 elsewhere), as `run_ner.py` makes them."""
     import torch
 
-    order = torch.randperm(len(sentences), generator=generator).tolist() if generator else range(len(sentences))
-    order = list(order)
+    order = list(range(len(sentences)))
+    if generator is not None:
+        order = torch.randperm(len(sentences), generator=generator).tolist()
     for start in range(0, len(order), batch_size):
         chunk = [sentences[index] for index in order[start : start + batch_size]]
         encoded = tokenizer(
@@ -143,8 +144,10 @@ def run_hugging_face(train, dev, args):
     )
     no_decay = ("bias", "LayerNorm.weight")
     groups = [
-        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)], "weight_decay": 0.01},
-        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
+        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
+         "weight_decay": 0.01},
+        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
+         "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=args.learning_rate)
     steps = args.epochs * -(-len(train) // args.batch_size)
@@ -153,7 +156,10 @@ def run_hugging_face(train, dev, args):
     model.train()
     start = time.perf_counter()
     for _ in range(args.epochs):
-        for encoded, labels, _ in _hf_batches(train, tokenizer, label_ids, args.sequence_length, args.batch_size, generator):
+        batches = _hf_batches(
+            train, tokenizer, label_ids, args.sequence_length, args.batch_size, generator
+        )
+        for encoded, labels, _ in batches:
             loss = model(**encoded, labels=labels).loss
             loss.backward()
             optimizer.step()

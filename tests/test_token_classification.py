@@ -234,3 +234,39 @@ def test_finetune_evaluate_predict_and_export(tmp_path, capsys):
     assert [e["score"] for r in served for e in r] == pytest.approx(
         [e["score"] for r in predicted for e in r], abs=1e-5
     )
+
+
+@pytest.mark.backends
+def test_token_classifier_loss_is_the_mean_over_first_pieces_and_it_rebuilds():
+    keras.utils.set_random_seed(0)
+    backbone = kbert.BertBackbone(
+        vocabulary_size=40, num_layers=2, num_heads=2, hidden_dim=8, intermediate_dim=16,
+        max_sequence_length=16,
+    )
+    model = kbert.BertTokenClassifier(backbone, num_classes=len(TAGS))
+    model.compile()
+    rng = np.random.default_rng(0)
+    x = {
+        "token_ids": rng.integers(5, 40, (4, 8)).astype("int32"),
+        "segment_ids": np.zeros((4, 8), "int32"),
+        "padding_mask": np.ones((4, 8), "int32"),
+    }
+    labels = rng.integers(0, len(TAGS), (4, 8)).astype("int32")
+    sample_weight = (rng.random((4, 8)) < 0.4).astype("float32")
+    history = model.fit(x, labels, sample_weight=sample_weight, epochs=2, batch_size=4, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+
+    logits = np.asarray(keras.ops.convert_to_numpy(model(x, training=False)), "float64")
+    assert logits.shape == (4, 8, len(TAGS))
+    log_probabilities = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    token_losses = -np.take_along_axis(log_probabilities, labels[..., None], axis=-1)[..., 0]
+    expected = (token_losses * sample_weight).sum() / sample_weight.sum()
+    evaluated = model.evaluate(x, labels, sample_weight=sample_weight, batch_size=4, return_dict=True, verbose=0)
+    assert evaluated["loss"] == pytest.approx(expected, rel=1e-4)
+    predicted = logits.argmax(-1)
+    accuracy = ((predicted == labels) * sample_weight).sum() / sample_weight.sum()
+    assert evaluated["accuracy"] == pytest.approx(accuracy, abs=1e-6)
+
+    rebuilt = kbert.BertTokenClassifier.from_config(model.get_config())
+    rebuilt.set_weights(model.get_weights())
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(rebuilt(x, training=False)), logits, atol=1e-5)

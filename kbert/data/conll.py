@@ -335,7 +335,9 @@ def tagging_dataset(
             key_func=plain(lambda window: tf.cast(
                 tf.searchsorted(boundaries_tensor, [window["num_pieces"] + 2])[0], tf.int64
             )),
-            reduce_func=plain(lambda _, group: group.padded_batch(batch_size, drop_remainder=drop_remainder)),
+            reduce_func=plain(
+                lambda _, group: group.padded_batch(batch_size, drop_remainder=drop_remainder)
+            ),
             window_size=batch_size,
         )
 
@@ -357,4 +359,5 @@ def tagging_dataset(
 def tags_of_batch(labels, sample_weight, label_names):
     """Word-level tag names of each row of a batch: the labels where `sample_weight` is set."""
     label_names = np.asarray(label_names, dtype=object)
-    return [list(label_names[row[weight > 0]]) for row, weight in zip(np.asarray(labels), np.asarray(sample_weight))]
+    rows = zip(np.asarray(labels), np.asarray(sample_weight))
+    return [list(label_names[row[weight > 0]]) for row, weight in rows]

@@ -163,7 +163,9 @@ class TokenClassificationTask(Task):
             return entities_of_text(model, preprocessor, text, label_names)
 
         def from_token_ids(token_ids, segment_ids, padding_mask):
-            inputs = signatures.checked_token_id_inputs(model.backbone, token_ids, segment_ids, padding_mask)
+            inputs = signatures.checked_token_id_inputs(
+                model.backbone, token_ids, segment_ids, padding_mask
+            )
             return token_probabilities(model, inputs, label_names)
 
         return {
