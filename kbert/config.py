@@ -30,12 +30,19 @@ class ModelConfig:
         dropout: the dropout rate of every layer (fine-tuning sets its own, whatever the
             checkpoint was pretrained with).
         next_sentence_prediction: pretraining also trains BERT's next-sentence head.
+        vocabulary: the `vocab.txt` a model pretrained from scratch tokenizes with (a
+            fine-tuned one keeps its `init`'s).
+        lowercase, strip_accents: how that tokenizer normalizes text (see
+            `kbert.tokenizer.BertTokenizer`).
     """
 
     init: str = None
     size: str = "mini"
     dropout: float = 0.1
     next_sentence_prediction: bool = False
+    vocabulary: str = None
+    lowercase: bool = True
+    strip_accents: bool = None
 
 
 @dataclasses.dataclass
@@ -59,6 +66,11 @@ class DataConfig:
         sequence_length: tokens per sequence, `[CLS]` and `[SEP]` included.
         bucket: pad each batch to one of a few bucket lengths rather than
             `sequence_length`.
+        text_key: the text feature of a TFDS corpus (pretraining).
+        num_predictions: masked positions per sequence (pretraining; default: 15% of
+            `sequence_length`).
+        whole_word_masking: mask all word pieces of a word together (pretraining).
+        validation_steps: batches of held-out text scored at each epoch end (pretraining).
         tag_column: token classification: the 0-based column of the tags (-1: the last).
         tag_scheme: token classification: the scheme the tags follow (IOB1, IOB2, IOBES).
     """
@@ -78,6 +90,10 @@ class DataConfig:
     batch_size: int = 32
     sequence_length: int = 128
     bucket: bool = True
+    text_key: str = "text"
+    num_predictions: int = None
+    whole_word_masking: bool = False
+    validation_steps: int = 20
     tag_column: int = -1
     tag_scheme: str = "IOB2"
 
@@ -137,6 +153,8 @@ class RunConfig:
         epochs: the run's length in passes over the training data (fine-tuning).
         num_train_steps: the run's length in batches (pretraining; fine-tuning takes it
             over `epochs` when given).
+        steps_per_epoch: steps between logging, validation and backups (default: a pass
+            over the training data, or for pretraining `min(num_train_steps, 500)`).
         precision: one of `kbert.training.PRECISIONS`.
         strategy: one of `kbert.distribution.STRATEGIES`.
         jit_compile: XLA: "auto", True or False.
@@ -149,6 +167,7 @@ class RunConfig:
     output_dir: str
     epochs: int = 3
     num_train_steps: int = None
+    steps_per_epoch: int = None
     precision: str = "float32"
     strategy: str = "auto"
     jit_compile: object = "auto"
@@ -161,6 +180,31 @@ class RunConfig:
 def fields(config_class):
     """The field names of a config class, for splitting keyword arguments among configs."""
     return tuple(field.name for field in dataclasses.fields(config_class))
+
+
+CONFIG_CLASSES = (ModelConfig, DataConfig, OptimizerConfig, RunConfig)
+
+
+def of_flags(arguments):
+    """`(model, data, optimizer, run)` configs of parsed flags (others ignored)."""
+    return tuple(from_arguments(config_class, arguments) for config_class in CONFIG_CLASSES)
+
+
+def from_options(options):
+    """`(model, data, optimizer, run)` configs of keyword `options` named as their fields.
+
+    What the keyword forms of the training jobs take; an option that is no config's field
+    is refused, as a misspelt keyword argument would be.
+    """
+    classes = CONFIG_CLASSES
+    known = {name for config_class in classes for name in fields(config_class)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(
+            f"Expected options among the fields of {', '.join(c.__name__ for c in classes)}. "
+            f"Received: {', '.join(f'{name}={options[name]!r}' for name in unknown)}"
+        )
+    return of_flags(options)
 
 
 def from_arguments(config_class, arguments, **renamed):

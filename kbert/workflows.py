@@ -6,6 +6,7 @@ model directory (see `kbert.model_dir`) plus its training logs into `output_dir`
 """
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -19,152 +20,87 @@ from kbert import config, files, model_dir, tasks
 PRETRAINING_TASK = "masked_lm"
 
 
-def pretrain(
-    output_dir,
-    vocabulary,
-    source,
-    num_train_steps,
-    size="mini",
-    lowercase=True,
-    strip_accents=None,
-    sequence_length=128,
-    batch_size=32,
-    num_predictions=None,
-    whole_word_masking=False,
-    next_sentence_prediction=False,
-    validation=None,
-    validation_split=None,
-    validation_steps=20,
-    steps_per_epoch=None,
-    split="train",
-    text_key="text",
-    data_dir=None,
-    optimizer="adamw",
-    learning_rate=1e-4,
-    warmup_steps=None,
-    weight_decay=0.01,
-    gradient_accumulation_steps=None,
-    dropout=0.1,
-    precision="float32",
-    strategy="auto",
-    jit_compile="auto",
-    backup_every=None,
-    seed=0,
-    distribution_options=None,
-    verbose="auto",
-):
+def pretrain(output_dir, vocabulary, source, num_train_steps, **options):
     """Pretrains a `BertMaskedLM` from scratch on `source` and saves it in `output_dir`.
+
+    The keyword form of `run_pretraining`: `options` are the fields of the config objects
+    (`kbert.config`) of the same names.
 
     Args:
         output_dir: the model directory to write (resumes a killed run found there).
         vocabulary: the `vocab.txt` to tokenize with (see `kbert vocab`).
-        source: `.txt` file(s) or a TFDS dataset name.
+        source: `.txt` file(s) or a TFDS dataset name (the data's `train`).
         num_train_steps: training steps (batches).
-        size: a named size, `tiny` ... `large` or `L{layers}_H{hidden}`.
-        validation: held-out `.txt` file(s) (or a TFDS name) scored at the end of each epoch.
-        validation_split: the split of `validation` to score, or, without `validation`, a
-            split of `source` held out from training, e.g. `split="train[:90%]"` with
-            `validation_split="train[90%:]"` (TFDS slicing; documents, not tokens).
-        steps_per_epoch: steps between logging, validation and plots (default:
-            `min(num_train_steps, 500)`).
-        warmup_steps: linear warmup steps (default: 10% of `num_train_steps`).
-        distribution_options: more arguments of `kbert.distribution.make_distribution`
-            (coordinator address, process count and id, model parallelism).
-        Others: as in `kbert.data.pretraining_dataset`, `kbert.training.make_optimizer`.
+        **options: e.g. `size` ("mini"), `sequence_length` (128), `batch_size` (32),
+            `learning_rate` (1e-4 here), `validation`, `validation_split` (without
+            `validation`, a split of `source` held out from training, e.g.
+            `train_split="train[:90%]"` with `validation_split="train[90%:]"`: TFDS slicing,
+            documents, not tokens), `precision`, `strategy`, `seed`.
 
     Returns:
         The run's history (a dict of lists).
     """
-    arguments = dict(locals())  # before any other name is bound: the run's settings
+    options = dict(dict(learning_rate=1e-4, validation_split=None), **options)
+    model, data, optimizer, run = config.from_options(
+        dict(options, output_dir=output_dir, vocabulary=vocabulary, train=source,
+             num_train_steps=num_train_steps)
+    )
+    return run_pretraining(model, data, optimizer, run)
+
+
+def run_pretraining(model, data, optimizer, run):
+    """Pretrains a `BertMaskedLM` of `model.size` on the text of `data`.
+
+    Args:
+        model: a `kbert.config.ModelConfig` (its `size`, `vocabulary`, `lowercase`,
+            `strip_accents`, `dropout`, `next_sentence_prediction`).
+        data: a `kbert.config.DataConfig` (`train` is `.txt` file(s) or a TFDS name).
+        optimizer: a `kbert.config.OptimizerConfig`.
+        run: a `kbert.config.RunConfig` (its `num_train_steps`).
+
+    Returns:
+        The run's history (a dict of lists).
+    """
     from kbert.backbone import BertBackbone
     from kbert.tokenizer import BertTokenizer
 
-    _check_positive("num_train_steps", num_train_steps)
-    _check_positive("batch_size", batch_size)
-    task = tasks.get(PRETRAINING_TASK)
-    tokenizer = BertTokenizer(vocabulary, lowercase=lowercase, strip_accents=strip_accents)
-    validation, validation_split = _held_out_text(source, split, validation, validation_split)
-    train_data, validation_data = task.datasets(
-        source, split, validation=validation, validation_split=validation_split,
-        validation_steps=validation_steps, seed=seed, tokenizer=tokenizer, batch_size=batch_size,
-        sequence_length=sequence_length, num_predictions=num_predictions,
-        whole_word_masking=whole_word_masking, next_sentence_prediction=next_sentence_prediction,
-        text_key=text_key, data_dir=data_dir,
+    _check_positive("num_train_steps", run.num_train_steps)
+    _check_positive("batch_size", data.batch_size)
+    task = tasks.get(PRETRAINING_TASK, {"next_sentence_prediction": model.next_sentence_prediction})
+    tokenizer = BertTokenizer(
+        model.vocabulary, lowercase=model.lowercase, strip_accents=model.strip_accents
     )
+    data = _held_out_text(data)
+    train_data, validation_data = task.datasets(data, tokenizer, seed=run.seed)
 
     def build_model():
         backbone = BertBackbone.from_size(
-            size,
+            model.size,
             vocabulary_size=tokenizer.vocabulary_size,
-            max_sequence_length=max(512, sequence_length),
-            dropout=dropout,
+            max_sequence_length=max(512, data.sequence_length),
+            dropout=model.dropout,
         )
-        return task.build_model(backbone, next_sentence_prediction=next_sentence_prediction)
+        return task.build_model(backbone)
 
-    model = config.from_arguments(config.ModelConfig, arguments)
-    data = config.from_arguments(
-        config.DataConfig, dict(arguments, task=PRETRAINING_TASK), train="source",
-        train_split="split",
-    )
-    data.validation, data.validation_split = validation, validation_split
-    run = config.from_arguments(config.RunConfig, arguments)
-    optimizer = config.from_arguments(config.OptimizerConfig, arguments)
     history, _ = train_task(
-        task,
-        build_model,
-        train_data,
-        validation_data,
-        run,
-        optimizer,
-        num_train_steps=num_train_steps,
-        steps_per_epoch=steps_per_epoch or min(num_train_steps, 500),
-        vocabulary=vocabulary,
-        tokenizer_settings=dict(tokenizer.get_config(), sequence_length=sequence_length),
-        task_settings={"name": PRETRAINING_TASK, "metric": "masked_lm"},
-        run_settings=dict(job="pretrain", source=_describe(source), batch_size=batch_size),
+        task, build_model, train_data, validation_data, run, optimizer,
+        num_train_steps=run.num_train_steps,
+        steps_per_epoch=run.steps_per_epoch or min(run.num_train_steps, 500),
+        vocabulary=model.vocabulary,
+        tokenizer_settings=dict(tokenizer.get_config(), sequence_length=data.sequence_length),
+        task_settings=dict(task.settings, name=PRETRAINING_TASK, metric="masked_lm"),
+        run_settings=dict(job="pretrain", source=_describe(data.train), batch_size=data.batch_size),
         probe_train=True,
         configs=config.as_dicts(model=model, data=data, optimizer=optimizer, run=run),
     )
     return history
 
 
-def finetune(
-    output_dir,
-    init,
-    train,
-    validation=None,
-    task=None,
-    text_columns=None,
-    label_column=None,
-    label_names=None,
-    regression=False,
-    header=None,
-    delimiter=None,
-    train_split="train",
-    validation_split="validation",
-    data_dir=None,
-    epochs=3,
-    batch_size=32,
-    sequence_length=128,
-    bucket=True,
-    optimizer="adamw",
-    learning_rate=5e-5,
-    warmup_ratio=0.1,
-    weight_decay=0.01,
-    gradient_accumulation_steps=None,
-    dropout=0.1,
-    precision="float32",
-    strategy="auto",
-    jit_compile="auto",
-    backup_every=None,
-    seed=0,
-    distribution_options=None,
-    verbose="auto",
-):
+def finetune(output_dir, init, train, validation=None, task=None, **options):
     """Fine-tunes the backbone of model directory `init` for `task` (a classifier by default).
 
-    The keyword form of `run_finetuning`: each argument is the field of the config object
-    of the same name (`kbert.config`).
+    The keyword form of `run_finetuning`: `options` are the fields of the config objects
+    (`kbert.config`) of the same names.
 
     Args:
         output_dir: the model directory to write.
@@ -175,18 +111,16 @@ def finetune(
             of `train` is used when `validation` is not given.
         task: a task name or alias (`kbert.tasks.get`); a GLUE task name fills in columns,
             label names and the metric. `None` is text classification.
-        Others: as in `kbert.config.DataConfig`, `OptimizerConfig` and `RunConfig`.
+        **options: e.g. `epochs` (3), `batch_size` (32), `sequence_length` (128),
+            `learning_rate` (5e-5), `text_columns`, `label_column`, `label_names`,
+            `precision`, `strategy`, `seed`.
 
     Returns:
         `(history, metrics)`: the run's history and the final validation metrics (or `{}`).
     """
-    arguments = dict(locals())
-    return run_finetuning(
-        config.from_arguments(config.ModelConfig, arguments),
-        config.from_arguments(config.DataConfig, arguments),
-        config.from_arguments(config.OptimizerConfig, arguments),
-        config.from_arguments(config.RunConfig, arguments),
-    )
+    return run_finetuning(*config.from_options(
+        dict(options, output_dir=output_dir, init=init, train=train, validation=validation, task=task)
+    ))
 
 
 def run_finetuning(model, data, optimizer, run):
@@ -427,7 +361,7 @@ def quickstart(
     # recipes/pretrain_wikitext2_mini.sh; fine-tuning puts dropout back.
     pretrain(
         pretrained_dir, vocabulary_path, corpus, pretrain_steps, size=size,
-        sequence_length=sequence_length, batch_size=batch_size, split=corpus_split,
+        sequence_length=sequence_length, batch_size=batch_size, train_split=corpus_split,
         text_key=text_key, learning_rate=5e-4, dropout=0.0, seed=seed, data_dir=data_dir,
         verbose=verbose,
     )
@@ -464,17 +398,18 @@ def without_misleading_warnings():
         yield
 
 
-def _held_out_text(source, split, validation, validation_split):
-    """`(validation, validation_split)` of a pretraining run: without `validation`, a split of `source`."""
-    if validation is None and validation_split is not None:
-        validation = source
-        if validation_split == split:
+def _held_out_text(data):
+    """`data` of a pretraining run, whose validation is, without `validation`, a split of `train`."""
+    if data.validation is None and data.validation_split is not None:
+        if data.validation_split == data.train_split:
             raise ValueError(
-                "Expected validation_split to be another split than split, which trains: "
-                "e.g. split='train[:90%]', validation_split='train[90%:]'. "
-                f"Received: split={split!r}, validation_split={validation_split!r}"
+                "Expected validation_split to be another split than train_split, which trains: "
+                "e.g. train_split='train[:90%]', validation_split='train[90%:]'. "
+                f"Received: train_split={data.train_split!r}, "
+                f"validation_split={data.validation_split!r}"
             )
-    return validation, validation_split or "train"
+        return dataclasses.replace(data, validation=data.train)
+    return dataclasses.replace(data, validation_split=data.validation_split or "train")
 
 
 def _load_backbone(directory, dropout):

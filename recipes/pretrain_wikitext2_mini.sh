@@ -26,7 +26,7 @@ HELD_OUT='train[90%:]'
 
 kbert pretrain --input "$DATA/corpus/wikitext2_valid.txt" "$DATA/corpus/wikitext2_test.txt" \
     --split 'train[:90%]' --validation-split "$HELD_OUT" \
-    --vocab "$VOCAB" --size mini --sequence-length 128 --batch-size 32 \
+    --vocabulary "$VOCAB" --size mini --sequence-length 128 --batch-size 32 \
     --steps 2000 --steps-per-epoch 250 --learning-rate 5e-4 --dropout 0 \
     --precision mixed_bfloat16 --backup-every 250 --output "$OUT" --quiet
 kbert evaluate --model "$OUT" --data "$DATA/corpus/wikitext2_valid.txt" \

@@ -56,12 +56,7 @@ def run(args):
         **options.training_options(args),
         output_dir=args.output,
     )
-    _, metrics = workflows.run_finetuning(
-        config.from_arguments(config.ModelConfig, arguments),
-        config.from_arguments(config.DataConfig, arguments),
-        config.from_arguments(config.OptimizerConfig, arguments),
-        config.from_arguments(config.RunConfig, arguments),
-    )
+    _, metrics = workflows.run_finetuning(*config.of_flags(arguments))
     print(f"Fine-tuned model saved in {args.output}")
     print(f"Next: kbert export --model {args.output} --output saved_models/NAME")
     print(json.dumps(metrics))

@@ -12,12 +12,16 @@ def add_arguments(parser):
     source.add_argument("--input", nargs="+", metavar="FILE",
                         help=".txt files; blank lines and '= Title =' lines separate documents")
     source.add_argument("--tfds", metavar="NAME", help="a TFDS dataset, e.g. wikipedia/20230601.en")
-    parser.add_argument("--split", default="train", help="TFDS split (default: train)")
+    parser.add_argument("--split", dest="train_split", default="train",
+                        help="TFDS split (default: train)")
     parser.add_argument("--text-key", default="text", help="TFDS text feature (default: text)")
     parser.add_argument("--data-dir", default=None, help="TFDS data directory")
-    parser.add_argument("--vocab", required=True, metavar="FILE", help="vocab.txt (see kbert vocab)")
+    parser.add_argument("--vocabulary", "--vocab", dest="vocabulary", required=True, metavar="FILE",
+                        help="vocab.txt (see kbert vocab)")
     parser.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=True,
                         help="lowercase text, for an uncased vocabulary (default: yes)")
+    parser.add_argument("--strip-accents", action=argparse.BooleanOptionalAction, default=None,
+                        help="remove accents (default: as --lowercase)")
     parser.add_argument("--size", default="mini",
                         help="tiny, mini, small, medium, base, large or L{layers}_H{hidden} (default: mini)")
     parser.add_argument("--steps", dest="num_train_steps", type=options.positive_int, required=True,
@@ -43,33 +47,21 @@ def add_arguments(parser):
 
 
 def run(args):
-    from kbert import workflows
+    from kbert import config, workflows
     from kbert.cli import UsageError
 
-    if args.validation is None and args.validation_split == args.split:
+    if args.validation is None and args.validation_split == args.train_split:
         raise UsageError(
             f"--validation-split {args.validation_split} is the training split; hold out "
             f"another one, e.g. --split 'train[:90%]' --validation-split 'train[90%:]'"
         )
-    workflows.pretrain(
-        args.output,
-        args.vocab,
-        args.input if args.input else args.tfds,
-        args.num_train_steps,
-        size=args.size,
-        lowercase=args.lowercase,
-        num_predictions=args.num_predictions,
-        whole_word_masking=args.whole_word_masking,
-        next_sentence_prediction=args.next_sentence_prediction,
-        validation=args.validation,
-        validation_split=args.validation_split,
-        steps_per_epoch=args.steps_per_epoch,
-        warmup_steps=args.warmup_steps,
-        split=args.split,
-        text_key=args.text_key,
-        data_dir=args.data_dir,
+    arguments = dict(
+        vars(args),
+        train=args.input if args.input else args.tfds,
+        output_dir=args.output,
         **options.training_options(args),
     )
+    workflows.run_pretraining(*config.of_flags(arguments))
     print(f"Pretrained model saved in {args.output}")
     print(f"Next: kbert finetune --task sst2 --train TRAIN.tsv --validation DEV.tsv "
           f"--init {args.output} --output DIR")

@@ -23,28 +23,42 @@ class MaskedLMTask(Task):
 
     # === Model ===
 
-    def build_model(self, backbone, next_sentence_prediction=False):
+    def build_model(self, backbone, dropout=None):
+        """A `BertMaskedLM`, with the next-sentence head where the settings ask for it.
+
+        The dropout is the backbone's: a masked LM has no layers of its own that drop.
+        """
         from kbert.masked_lm import BertMaskedLM
 
-        return BertMaskedLM(backbone, next_sentence_prediction=next_sentence_prediction)
+        return BertMaskedLM(
+            backbone, next_sentence_prediction=self.settings.get("next_sentence_prediction", False)
+        )
 
-    def datasets(self, source, split, validation=None, validation_split=None, validation_steps=20,
-                 seed=0, **data_options):
-        """Training and validation batches of `source` (see `kbert.data.pretraining_dataset`)."""
+    def datasets(self, data, tokenizer, seed=0):
+        """Training and validation batches of a `kbert.config.DataConfig` (see
+        `kbert.data.pretraining_dataset`)."""
         from kbert.data import pretraining_dataset
+
+        data_options = dict(
+            tokenizer=tokenizer, batch_size=data.batch_size, sequence_length=data.sequence_length,
+            num_predictions=data.num_predictions, whole_word_masking=data.whole_word_masking,
+            next_sentence_prediction=self.settings.get("next_sentence_prediction", False),
+            text_key=data.text_key, data_dir=data.data_dir,
+        )
 
         def train_data(input_context=None):
             return pretraining_dataset(
-                source, split=split, seed=seed, input_context=input_context, **data_options
+                data.train, split=data.train_split, seed=seed, input_context=input_context,
+                **data_options
             )
 
         def validation_data(input_context=None):
             return pretraining_dataset(
-                validation, split=validation_split, shuffle=False, seed=EVALUATION_SEED,
+                data.validation, split=data.validation_split, shuffle=False, seed=EVALUATION_SEED,
                 input_context=input_context, **data_options
-            ).take(validation_steps)
+            ).take(data.validation_steps)
 
-        return train_data, validation_data if validation is not None else None
+        return train_data, validation_data if data.validation is not None else None
 
     # === Loss and metrics ===
 
