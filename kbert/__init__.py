@@ -19,6 +19,7 @@ from kbert.export import export
 from kbert.masked_lm import BertMaskedLM
 from kbert.model_dir import load
 from kbert.sizes import size_config
+from kbert.token_classifier import BertTokenClassifier
 from kbert.tokenizer import BertPreprocessor, BertTokenizer
 
 __version__ = "0.1.0"
@@ -29,6 +30,7 @@ __all__ = [
     "BertMaskedLM",
     "BertPreprocessor",
     "BertTextEmbedder",
+    "BertTokenClassifier",
     "BertTokenizer",
     "convert",
     "export",

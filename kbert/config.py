@@ -71,6 +71,8 @@ class DataConfig:
             `sequence_length`).
         whole_word_masking: mask all word pieces of a word together (pretraining).
         validation_steps: batches of held-out text scored at each epoch end (pretraining).
+        tag_column: token classification: the 0-based column of the tags (-1: the last).
+        tag_scheme: token classification: the scheme the tags follow (IOB1, IOB2, IOBES).
     """
 
     train: object = None
@@ -92,6 +94,8 @@ class DataConfig:
     num_predictions: int = None
     whole_word_masking: bool = False
     validation_steps: int = 20
+    tag_column: int = -1
+    tag_scheme: str = "IOB2"
 
     def column_options(self):
         """How a file's columns are read, as `kbert.data.load_labeled_texts` takes them."""

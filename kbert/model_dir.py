@@ -140,6 +140,7 @@ def load(directory, compile=False):
     import kbert.classifier  # noqa: F401
     import kbert.embedder  # noqa: F401
     import kbert.masked_lm  # noqa: F401
+    import kbert.token_classifier  # noqa: F401
 
     config = read_config(directory)
     config_path = os.path.join(directory, CONFIG_FILE)

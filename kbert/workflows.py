@@ -462,7 +462,10 @@ def _describe(source):
 
 
 def _round(metrics):
-    return {key: round(float(value), 6) for key, value in metrics.items()}
+    return {
+        key: _round(value) if isinstance(value, dict) else round(float(value), 6)
+        for key, value in metrics.items()
+    }
 
 
 def _step(number, what, where):

@@ -96,7 +96,16 @@ def runtime(request):
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     """Every kind of model kbert exports, exported once, with the Keras model's answers."""
-    return export_every_kind(tmp_path_factory.mktemp("runtimes"), top_k=3)
+    import kbert
+    from test_token_classification import write_token_classifier_dir
+
+    root = tmp_path_factory.mktemp("runtimes")
+    exported = export_every_kind(root, top_k=3)
+    model_dir = root / "token_classifier"
+    model = write_token_classifier_dir(model_dir)
+    export_dir = kbert.export(model_dir, root / "saved_models" / model_dir.name)
+    exported["token classifier"] = {"model": model, "model_dir": model_dir, "export": export_dir}
+    return exported
 
 
 def keras_outputs(exported, texts, text_pairs=None):
@@ -219,7 +228,41 @@ def test_masked_lm_serves_in_the_release_runtime_as_in_keras(runtime, exports):
     assert_finite_answers({name: responses[name] for name in bad}, [1, 1, 1, 0, 1024])
 
 
-@pytest.mark.parametrize("kind", list(test_export.MODEL_KINDS))
+def test_token_classifier_serves_in_the_release_runtime_as_in_keras(runtime, exports):
+    from kbert.commands.predict import _KerasPredictor
+    from test_token_classification import HARD_TEXTS
+
+    release, python = runtime
+    exported = exports["token classifier"]
+    expected = _KerasPredictor(exported["model_dir"], top_k=3).predict([_bytes(t) for t in HARD_TEXTS])
+    inputs, logits = keras_outputs(exported, HARD_TEXTS)
+    requests = {
+        "text": ("serving_default", {"text": strings(HARD_TEXTS)}),
+        "token ids": ("serve_token_ids", {name: value.tolist() for name, value in inputs.items()}),
+    }
+    bad = bad_requests(["text"])
+    for name, request_inputs in bad.items():
+        requests[name] = ("serving_default", request_inputs)
+    responses = dict(zip(requests, serve_like_tensorflow_serving(
+        exported["export"],
+        [{"signature": signature, "inputs": values} for signature, values in requests.values()],
+        python=python,
+    )))
+    outputs = responses["text"]["outputs"]
+    assert outputs["num_entities"] == [len(row) for row in expected]
+    assert sum(outputs["num_entities"]) > 5
+    for index, row in enumerate(expected):
+        for slot, entity in enumerate(row):
+            for name in ("text", "label", "start", "end"):
+                assert outputs[name][index][slot] == entity[name]
+            assert outputs["score"][index][slot] == pytest.approx(entity["score"], abs=1e-5)
+    np.testing.assert_allclose(
+        responses["token ids"]["outputs"]["probabilities"], softmax(logits), atol=1e-5
+    )
+    assert_finite_answers({name: responses[name] for name in bad}, [1, 1, 1, 0, 1024])
+
+
+@pytest.mark.parametrize("kind", [*test_export.MODEL_KINDS, "token classifier"])
 def test_warmup_requests_replay_in_the_release_runtime(runtime, exports, kind):
     release, python = runtime
     export_dir = exports[kind]["export"]
@@ -244,5 +287,5 @@ def test_warmup_requests_replay_in_the_release_runtime(runtime, exports, kind):
     kinds = {entry["kind"] for entry in replayed}
     if kind == "regression":
         assert "regress_log" in kinds
-    elif kind != "masked LM":
+    elif kind not in ("masked LM", "token classifier"):
         assert "classify_log" in kinds

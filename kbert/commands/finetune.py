@@ -14,9 +14,10 @@ HELP = "Fine-tune a kbert model directory for a task: a GLUE task, a TSV/CSV fil
 def add_arguments(parser):
     parser.add_argument("--task", default=None,
                         help="a GLUE task (sst2, cola, mrpc, rte, qnli, stsb, qqp, mnli, wnli): "
-                        "sets columns, labels and metric")
+                        "sets columns, labels and metric; conll2003 or token_classification for "
+                        "named entities from CoNLL-style files")
     train = parser.add_mutually_exclusive_group(required=True)
-    train.add_argument("--train", metavar="FILE", help="training TSV/CSV file")
+    train.add_argument("--train", metavar="FILE", help="training TSV/CSV file (CoNLL-style for tagging)")
     train.add_argument("--tfds", metavar="NAME", help="a TFDS dataset, e.g. glue/sst2")
     parser.add_argument("--validation", metavar="FILE", default=None,
                         help="validation TSV/CSV file (with --tfds: its validation split)")
@@ -28,6 +29,10 @@ def add_arguments(parser):
     parser.add_argument("--regression", action="store_true",
                         help="labels are numbers, one output (STS-B style)")
     options.add_column_arguments(parser)
+    parser.add_argument("--tag-column", type=int, default=-1,
+                        help="token classification: 0-based column of the tags (default: -1, the last)")
+    parser.add_argument("--tag-scheme", default="IOB2", choices=("IOB1", "IOB2", "IOBES"),
+                        help="token classification: the tags' scheme, checked on every sentence")
     parser.add_argument("--init", required=True, metavar="DIR",
                         help="kbert model directory to start from (pretrain, finetune or convert)")
     parser.add_argument("--epochs", type=options.positive_int, default=3, help="epochs (default: 3)")

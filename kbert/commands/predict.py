@@ -133,12 +133,14 @@ class _SavedModelPredictor:
     def __init__(self, path):
         from kbert import tasks
         from kbert.serving import SavedModelServer
-        from kbert.signatures import FILL_MASK
+        from kbert.signatures import FILL_MASK, SERVING_DEFAULT
 
         self.server = SavedModelServer(path)
         self.text_pair = "text_pair" in self.server.input_names()
         # The signatures tell the task: exports carry no model directory config.
         name = "masked_lm" if FILL_MASK in self.server.signature_defs else "classification"
+        if "num_entities" in self.server.signature_defs[SERVING_DEFAULT].outputs:
+            name = "token_classification"
         self.task = tasks.get(name)
 
     def predict(self, texts, text_pairs=None):

@@ -136,8 +136,9 @@ class Task:
 def _registry():
     from kbert.tasks.classification import ClassificationTask
     from kbert.tasks.masked_lm import MaskedLMTask
+    from kbert.tasks.token_classification import TokenClassificationTask
 
-    return {task.name: task for task in (ClassificationTask, MaskedLMTask)}
+    return {task.name: task for task in (ClassificationTask, MaskedLMTask, TokenClassificationTask)}
 
 
 def names():

@@ -1,0 +1,83 @@
+"""BertTokenClassifier: a BERT backbone with a tagging head, one set of logits per token."""
+
+import keras
+
+from kbert.functional import FunctionalModel
+from kbert.layers import Dropout, bert_kernel_initializer
+
+
+@keras.saving.register_keras_serializable(package="kbert")
+class BertTokenClassifier(FunctionalModel):
+    """BERT for token classification (named entities, part of speech): a dense layer per token.
+
+    Dropout and a dense layer on `sequence_output`, as Hugging Face's
+    `BertForTokenClassification`; the output is float32 logits of shape
+    (batch, sequence, num_classes). Trained on a word's first piece (see
+    `kbert.data.conll`).
+
+    Args:
+        backbone: a `kbert.BertBackbone`.
+        num_classes: number of tags.
+        dropout: dropout rate before the output layer.
+
+    Example:
+    >>> backbone = BertBackbone.from_size("tiny", vocabulary_size=100)
+    >>> tagger = BertTokenClassifier(backbone, num_classes=9)
+    >>> tagger.compile()
+    >>> tagger.fit(dataset, epochs=1)  # doctest: +SKIP
+    """
+
+    def __init__(self, backbone, num_classes, dropout=0.1, **kwargs):
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+            raise ValueError(
+                f"Expected num_classes to be a positive integer. Received: num_classes={num_classes!r}"
+            )
+        # === Layers ===
+        # The float32 sequence output is dropped out and classified in float32.
+        self.output_dropout = Dropout(dropout, dtype="float32", name="output_dropout")
+        self.output_dense = keras.layers.Dense(
+            num_classes,
+            kernel_initializer=bert_kernel_initializer(),
+            dtype="float32",
+            name="logits",
+        )
+
+        # === Functional Model ===
+        inputs = dict(backbone.input)
+        sequence_output = backbone(inputs)["sequence_output"]  # (batch, sequence, hidden)
+        logits = self.output_dense(self.output_dropout(sequence_output))  # (batch, sequence, num_classes)
+        super().__init__(inputs=inputs, outputs=logits, **kwargs)
+
+        # === Config ===
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.dropout = dropout
+
+    def compile(self, optimizer="auto", loss="auto", metrics="auto", weighted_metrics="auto", **kwargs):
+        """Compiles with the choices of `kbert.tasks.token_classification` where an argument is "auto".
+
+        The defaults are AdamW (learning rate 5e-5, weight decay 0.01) and cross-entropy on
+        logits averaged over the weighted (first-piece) tokens, with token accuracy.
+        """
+        from kbert import tasks
+
+        task = tasks.for_model(self)
+        arguments = task.compile_arguments(
+            self, optimizer=optimizer, loss=loss, metrics=metrics, weighted_metrics=weighted_metrics
+        )
+        super().compile(**arguments, **kwargs)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "num_classes": self.num_classes,
+            "dropout": self.dropout,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)
