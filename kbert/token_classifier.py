@@ -2,12 +2,12 @@
 
 import keras
 
-from kbert.functional import FunctionalModel
+from kbert.functional import TaskModel
 from kbert.layers import Dropout, bert_kernel_initializer
 
 
 @keras.saving.register_keras_serializable(package="kbert")
-class BertTokenClassifier(FunctionalModel):
+class BertTokenClassifier(TaskModel):
     """BERT for token classification (named entities, part of speech): a dense layer per token.
 
     Dropout and a dense layer on `sequence_output`, as Hugging Face's
@@ -53,31 +53,5 @@ class BertTokenClassifier(FunctionalModel):
         self.num_classes = num_classes
         self.dropout = dropout
 
-    def compile(self, optimizer="auto", loss="auto", metrics="auto", weighted_metrics="auto", **kwargs):
-        """Compiles with the choices of `kbert.tasks.token_classification` where an argument is "auto".
-
-        The defaults are AdamW (learning rate 5e-5, weight decay 0.01) and cross-entropy on
-        logits averaged over the weighted (first-piece) tokens, with token accuracy.
-        """
-        from kbert import tasks
-
-        task = tasks.for_model(self)
-        arguments = task.compile_arguments(
-            self, optimizer=optimizer, loss=loss, metrics=metrics, weighted_metrics=weighted_metrics
-        )
-        super().compile(**arguments, **kwargs)
-
-    def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "backbone": keras.saving.serialize_keras_object(self.backbone),
-            "num_classes": self.num_classes,
-            "dropout": self.dropout,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        return cls(**config)
+    def head_config(self):
+        return {"num_classes": self.num_classes, "dropout": self.dropout}
