@@ -183,5 +183,6 @@ def _for_class_name(class_name, settings, purpose):
     for task in registry:
         if task.model_class_name == class_name:
             return task(settings)
-    expected = " or ".join(task.model_class_name for task in registry)
+    *others, last = [task.model_class_name for task in registry]
+    expected = f"{', '.join(others)} or {last}" if others else last
     raise ValueError(f"Expected a {expected} to {purpose}. Received: a {class_name}")
