@@ -59,6 +59,9 @@ class DataConfig:
         sequence_length: tokens per sequence, `[CLS]` and `[SEP]` included.
         bucket: pad each batch to one of a few bucket lengths rather than
             `sequence_length`.
+        objective: the loss of an embedding task: "cosent" or "cosine_mse" for scored
+            pairs, "multiple_negatives_ranking" for (anchor, positive) pairs (default: by data).
+        score_range: `(lowest, highest)` score of scored pairs (default: 0 to 5, as STS).
     """
 
     train: object = None
@@ -76,6 +79,8 @@ class DataConfig:
     batch_size: int = 32
     sequence_length: int = 128
     bucket: bool = True
+    objective: str = None
+    score_range: list = None
 
     def column_options(self):
         """How a file's columns are read, as `kbert.data.load_labeled_texts` takes them."""

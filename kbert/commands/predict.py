@@ -5,7 +5,7 @@ only the SavedModel's signatures, as TensorFlow Serving would; given a kbert mod
 it runs the Keras model with the same preprocessing, so that the two can be compared line by
 line. Each input prints one JSON object: `probabilities`, `label_id`, `label` for classifiers
 (`score` for regression), `mask_positions`, `token_ids`, `tokens`, `scores` for masked-LM
-models.
+models, `embeddings` for embedding models.
 """
 
 import json
@@ -133,12 +133,16 @@ class _SavedModelPredictor:
     def __init__(self, path):
         from kbert import tasks
         from kbert.serving import SavedModelServer
-        from kbert.signatures import FILL_MASK
+        from kbert.signatures import FILL_MASK, SERVING_DEFAULT
 
         self.server = SavedModelServer(path)
         self.text_pair = "text_pair" in self.server.input_names()
         # The signatures tell the task: exports carry no model directory config.
-        name = "masked_lm" if FILL_MASK in self.server.signature_defs else "classification"
+        outputs = self.server.signature_defs[SERVING_DEFAULT].outputs
+        if FILL_MASK in self.server.signature_defs:
+            name = "masked_lm"
+        else:
+            name = "embedding" if "embeddings" in outputs else "classification"
         self.task = tasks.get(name)
 
     def predict(self, texts, text_pairs=None):

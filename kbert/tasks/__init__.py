@@ -135,9 +135,10 @@ class Task:
 
 def _registry():
     from kbert.tasks.classification import ClassificationTask
+    from kbert.tasks.embedding import EmbeddingTask
     from kbert.tasks.masked_lm import MaskedLMTask
 
-    return {task.name: task for task in (ClassificationTask, MaskedLMTask)}
+    return {task.name: task for task in (ClassificationTask, MaskedLMTask, EmbeddingTask)}
 
 
 def names():
