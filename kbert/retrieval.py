@@ -114,3 +114,78 @@ def retrieval_metrics(query_embeddings, corpus_embeddings, relevant, recall_at=(
     metrics["num_queries"] = len(reciprocal_ranks)
     metrics["corpus_size"] = len(corpus_embeddings)
     return metrics
+
+
+class TextEncoder:
+    """Embeds texts with a kbert model directory or an exported SavedModel.
+
+    A model directory runs its Keras model through the very function its export serves
+    (`Task.predict`); a SavedModel runs only its `serving_default` signature, as TF Serving.
+
+    Args:
+        path: a kbert model directory of an embedding model, or a SavedModel (version or
+            base directory) whose `serving_default` answers `embeddings`.
+
+    Example:
+    >>> encoder = TextEncoder("runs/sts")  # doctest: +SKIP
+    >>> encoder([b"a man is playing a guitar"]).shape  # doctest: +SKIP
+    (1, 384)
+    """
+
+    def __init__(self, path):
+        import os
+
+        from kbert.signatures import SERVING_DEFAULT
+
+        self.path = os.fspath(path)
+        if os.path.isfile(os.path.join(self.path, "config.json")):
+            from kbert import model_dir, tasks
+            from kbert.export import resolve_sequence_length
+            from kbert.tokenizer import BertPreprocessor, BertTokenizer
+
+            config = model_dir.read_config(self.path)
+            self.task = tasks.from_config(config, purpose="embed with")
+            self.model = model_dir.load(self.path)
+            if self.task.name != "embedding":
+                raise ValueError(
+                    f"{self.path} holds a {type(self.model).__name__}, not an embedding model "
+                    f"(BertTextEmbedder)"
+                )
+            self.preprocessor = BertPreprocessor(
+                BertTokenizer.from_model_dir(self.path),
+                sequence_length=resolve_sequence_length(config, self.model),
+            )
+            self._server = None
+        else:
+            from kbert.serving import SavedModelServer
+
+            self._server = SavedModelServer(self.path)
+            outputs = self._server.signature_defs[SERVING_DEFAULT].outputs
+            if "embeddings" not in outputs:
+                raise ValueError(
+                    f"{self.path}'s serving_default answers {sorted(outputs)}, not embeddings: "
+                    f"it is not an embedding model's export"
+                )
+
+    def __call__(self, texts):
+        """(len(texts), hidden) float32 embeddings of `texts` (bytes or str)."""
+        from kbert.signatures import SERVING_DEFAULT
+
+        texts = np.array(list(texts), dtype=object)
+        if self._server is not None:
+            return self._server.run(SERVING_DEFAULT, {"text": texts})["embeddings"]
+        outputs = self.task.predict(self.model, self.preprocessor, {"text": texts})
+        return np.asarray(outputs["embeddings"], np.float32)
+
+    def embed_all(self, texts, batch_size=64, progress=None):
+        """Embeddings of `texts` in batches of `batch_size`; `progress(done, total)` after each."""
+        if batch_size < 1:
+            raise ValueError(f"Expected batch_size to be positive. Received: batch_size={batch_size}")
+        batches = []
+        for start in range(0, len(texts), batch_size):
+            batches.append(self(texts[start : start + batch_size]))
+            if progress is not None:
+                progress(min(start + batch_size, len(texts)), len(texts))
+        if not batches:
+            return np.zeros((0, 0), np.float32)
+        return np.concatenate(batches)

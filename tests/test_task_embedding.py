@@ -230,3 +230,53 @@ def test_the_embedding_task_and_its_aliases_are_registered():
     assert tasks.get("embedding").model_class_name == "BertTextEmbedder"
     # GLUE's STS-B stays the regression task of a classifier.
     assert tasks.get("stsb").name == "classification"
+
+
+CORPUS = ["the cat sat on the mat", "a very good film", "the dog was bad", "is it good?", "film"]
+
+
+def test_embed_writes_one_row_per_line_from_the_model_directory_and_the_export(embedder, tmp_path, capsys):
+    from kbert import cli
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(CORPUS + [""]) + "\n", encoding="utf-8")
+    for name, model in (("keras", embedder["model_dir"]), ("export", embedder["export"])):
+        output = tmp_path / f"{name}.npy"
+        argv = ["embed", "--model", str(model), "--input", str(texts), "--output", str(output), "--batch-size", "4"]
+        assert cli.main(argv) == 0
+    assert "embedded 6/6 texts (100%)" in capsys.readouterr().err
+    keras_vectors, export_vectors = np.load(tmp_path / "keras.npy"), np.load(tmp_path / "export.npy")
+    assert keras_vectors.shape == (6, 16) and keras_vectors.dtype == np.float32
+    np.testing.assert_allclose(keras_vectors, export_vectors, atol=1e-5)
+    expected = embedder["model"].predict(reference_inputs(embedder["model_dir"], CORPUS + [""]), verbose=0)
+    np.testing.assert_allclose(keras_vectors, expected, atol=1e-5)
+
+
+def test_search_returns_the_corpus_in_order_of_similarity(embedder, tmp_path, capsys):
+    from kbert import cli
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(CORPUS) + "\n", encoding="utf-8")
+    query = "a very good film"
+    argv = ["search", "--model", str(embedder["model_dir"]), "--corpus", str(corpus), query,
+            "--top-k", "5", "--json"]
+    assert cli.main(argv) == 0
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    matches = json.loads(line)["matches"]
+    vectors = embedder["model"].predict(reference_inputs(embedder["model_dir"], CORPUS + [query]), verbose=0)
+    scores = vectors[:-1] @ vectors[-1]
+    # The query itself is in the corpus (line 2): first, with cosine similarity 1.
+    assert matches[0]["line"] == 2 and matches[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert [match["line"] - 1 for match in matches] == list(np.argsort(-scores, kind="stable"))
+    np.testing.assert_allclose([match["score"] for match in matches], np.sort(scores)[::-1], atol=1e-5)
+    assert [match["text"] for match in matches] == [CORPUS[match["line"] - 1] for match in matches]
+
+
+def test_search_of_an_empty_corpus_is_one_line_naming_the_file(embedder, tmp_path, capsys):
+    from kbert import cli
+
+    corpus = tmp_path / "empty.txt"
+    corpus.write_text("", encoding="utf-8")
+    assert cli.main(["search", "--model", str(embedder["model_dir"]), "--corpus", str(corpus), "x"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == f"kbert search: error: {corpus}, line 1: the corpus is empty; expected a text per line"

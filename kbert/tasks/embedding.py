@@ -221,7 +221,8 @@ def pair_dataset(pairs, preprocessor, batch_size, shuffle=False, seed=None, inpu
 
     Args:
         pairs: a `kbert.data.pairs.TextPairs`.
-        preprocessor: a `BertPreprocessor`; each batch is padded to its longest text.
+        preprocessor: a `BertPreprocessor`; each batch is padded to its longest text, texts
+            truncated to its `sequence_length`.
         batch_size: the global number of pairs per batch (divided among replicas under
             `input_context`).
         shuffle: shuffle the pairs every epoch.
@@ -241,7 +242,12 @@ def pair_dataset(pairs, preprocessor, batch_size, shuffle=False, seed=None, inpu
         targets = np.asarray(pairs.scores, np.float32)
     else:
         targets = np.stack([_distinct_ids(pairs.texts), _distinct_ids(pairs.text_pairs)], axis=1)
-    dataset = tf.data.Dataset.from_tensor_slices((pairs.texts, pairs.text_pairs, targets))
+    # Tokenized once, eagerly, for every epoch: tracing the tokenizer into each pipeline
+    # costs more than running it on all the texts. No text keeps more than this after packing.
+    max_tokens = preprocessor.sequence_length - 2
+    tokenizer = preprocessor.tokenizer
+    token_ids = [tokenizer(tf.constant(texts))[:, :max_tokens] for texts in (pairs.texts, pairs.text_pairs)]
+    dataset = tf.data.Dataset.from_tensor_slices((*token_ids, targets))
     if input_context is not None:
         batch_size = input_context.get_per_replica_batch_size(batch_size)
         if input_context.num_input_pipelines > 1:
@@ -249,11 +255,13 @@ def pair_dataset(pairs, preprocessor, batch_size, shuffle=False, seed=None, inpu
     if shuffle:
         dataset = dataset.shuffle(len(pairs.texts), seed=seed, reshuffle_each_iteration=True)
 
-    def pack(texts, text_pairs, batch_targets):
-        x = preprocessor(tf.concat([texts, text_pairs], axis=0), pad_to_longest=True)
+    def pack(first_ids, second_ids, batch_targets):
+        x = preprocessor.pack(tf.concat([first_ids, second_ids], axis=0), pad_to_longest=True)
         return x, batch_targets
 
-    dataset = dataset.batch(batch_size).map(pack, num_parallel_calls=tf.data.AUTOTUNE)
+    # Graph code already; AutoGraph would only spend time converting it.
+    pack = tf.autograph.experimental.do_not_convert(pack)
+    dataset = dataset.ragged_batch(batch_size).map(pack, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.with_options(distribution_options(input_context)).prefetch(tf.data.AUTOTUNE)
     return without_autotuning(dataset)
 
