@@ -67,7 +67,8 @@ def sentence_transformers_encoder(work_dir):
 
 def measure(contender, num_texts, num_single, rounds):
     work_dir = tempfile.mkdtemp(prefix="embedding_benchmark_")
-    encode = kbert_encoder(work_dir) if contender == "kbert export" else sentence_transformers_encoder(work_dir)
+    encoder = kbert_encoder if contender == "kbert export" else sentence_transformers_encoder
+    encode = encoder(work_dir)
     texts = sentences(num_texts)
 
     def one_pass():

@@ -100,7 +100,8 @@ def main():
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output-dir", default=None, help="where the runs go (default: a temporary directory)")
+    parser.add_argument("--output-dir", default=None,
+                        help="where the runs go (default: a temporary directory)")
     parser.add_argument("--only", choices=("kbert", "sentence-transformers"), default=None)
     args = parser.parse_args()
     output_dir = args.output_dir or tempfile.mkdtemp(prefix="sts_finetuning_")

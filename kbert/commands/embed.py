@@ -17,7 +17,8 @@ def add_arguments(parser):
     parser.add_argument("--input", required=True, metavar="FILE", help="texts, one per line")
     parser.add_argument("--output", required=True, metavar="FILE",
                         help="the .npy file to write: float32 [lines, hidden]")
-    parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="texts per batch (default: 64)")
+    parser.add_argument("--batch-size", type=int, default=64, metavar="N",
+                        help="texts per batch (default: 64)")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
 
 

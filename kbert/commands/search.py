@@ -20,7 +20,8 @@ def add_arguments(parser):
     parser.add_argument("--corpus-embeddings", default=None, metavar="FILE",
                         help="the corpus's embeddings from kbert embed (.npy), instead of embedding it here")
     parser.add_argument("--top-k", type=int, default=5, metavar="K", help="matches per query (default: 5)")
-    parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="texts per batch (default: 64)")
+    parser.add_argument("--batch-size", type=int, default=64, metavar="N",
+                        help="texts per batch (default: 64)")
     parser.add_argument("--json", action="store_true", help="one JSON object per query instead of a table")
 
 
