@@ -699,7 +699,7 @@ def test_exporting_a_backbone_fails_clearly(tmp_path):
         vocabulary_size=len(VOCABULARY), num_layers=1, num_heads=2, hidden_dim=16, intermediate_dim=32
     )
     model_directory.save(backbone, tmp_path / "model", VOCABULARY)
-    with pytest.raises(ValueError, match="Expected a BertClassifier or BertMaskedLM to export"):
+    with pytest.raises(ValueError, match="Expected a BertClassifier or BertMaskedLM or BertTextEmbedder to export"):
         kbert.export(tmp_path / "model", tmp_path / "saved_models" / "backbone")
     assert not os.path.exists(tmp_path / "saved_models" / "backbone")
 

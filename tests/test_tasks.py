@@ -15,7 +15,7 @@ def tiny_backbone():
 
 
 def test_tasks_are_found_by_name_model_and_model_directory_config():
-    assert tasks.names() == ("classification", "masked_lm")
+    assert tasks.names() == ("classification", "masked_lm", "embedding")
     assert tasks.get("masked_lm").model_class_name == "BertMaskedLM"
     assert tasks.get("sst2").settings == {"name": "sst2"}
     assert isinstance(tasks.get("sst2"), type(tasks.get("classification")))
@@ -24,7 +24,7 @@ def test_tasks_are_found_by_name_model_and_model_directory_config():
     # Directories that saved no task name (converted checkpoints) are read by their model class.
     config = {"model": {"class_name": "BertMaskedLM"}, "task": {"label_names": None}}
     assert tasks.from_config(config).name == "masked_lm"
-    with pytest.raises(ValueError, match="Expected a BertClassifier or BertMaskedLM to export"):
+    with pytest.raises(ValueError, match="Expected a BertClassifier or BertMaskedLM or BertTextEmbedder to export"):
         tasks.from_config({"model": {"class_name": "BertBackbone"}, "task": None}, purpose="export")
     with pytest.raises(ValueError, match="Expected task to be one of"):
         tasks.get("sst3")

@@ -116,11 +116,13 @@ def _columns_by_name(path, names, layout, scored):
 
 
 def _read_rows(path, delimiter):
-    """`(line number, fields)` of every line; quotes are text, as the STS files need."""
-    # QUOTE_NONE: the STS files hold unbalanced quotes inside sentences, one row per line.
+    """`(line number, fields)` of every row; in tab-separated files quotes are text."""
+    # The STS files hold unbalanced quotes inside sentences, one row per line; comma-separated
+    # files need quotes around texts with commas.
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     csv.field_size_limit(sys.maxsize)
     with open(path, encoding="utf-8", newline="") as file:
-        reader = csv.reader(file, delimiter=delimiter, quoting=csv.QUOTE_NONE)
+        reader = csv.reader(file, delimiter=delimiter, quoting=quoting)
         for fields in reader:
             yield reader.line_num, fields
 
