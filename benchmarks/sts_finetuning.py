@@ -65,7 +65,7 @@ def run_sentence_transformers(output_dir, epochs, batch_size, learning_rate, see
 
     import torch
     from sentence_transformers import InputExample, SentenceTransformer, losses
-    from sentence_transformers.evaluation import EmbeddingSimilarityEvaluator
+    from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
     from torch.utils.data import DataLoader
 
     from kbert.data.pairs import read_text_pairs
