@@ -139,6 +139,9 @@ def test_a_missing_score_in_a_three_column_file_names_the_line(tmp_path):
     path = write_rows(tmp_path / "scored.tsv", [("a", "b", "1"), ("c", "d")])
     with pytest.raises(ValueError, match=r"scored.tsv, line 2: expected a score in column 2"):
         read_text_pairs(str(path))
+    unscored = write_rows(tmp_path / "pairs.tsv", [("a", "b"), ("c", "d")])
+    with pytest.raises(ValueError, match=r"pairs.tsv, line 1: expected scored pairs, found no score column"):
+        read_text_pairs(str(unscored), scored=True)
 
 
 # === Losses ===

@@ -64,6 +64,11 @@ def read_text_pairs(path, text_columns=None, label_column=None, header=None, del
     if layout["header"]:
         names = next(rows)[1]
         layout = _columns_by_name(path, names, layout, scored)
+    if scored and layout["label_column"] is None:
+        raise ValueError(
+            f"{path}, line 1: expected scored pairs, found no score column (name one with "
+            f"label_column)"
+        )
     score_range = tuple(score_range) if score_range is not None else STS_SCORE_RANGE
     return _pairs(path, rows, layout, score_range)
 
