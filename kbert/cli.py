@@ -20,6 +20,8 @@ COMMANDS = (
     "convert",
     "export",
     "predict",
+    "embed",
+    "search",
     "quickstart",
 )
 

@@ -73,6 +73,9 @@ class DataConfig:
         validation_steps: batches of held-out text scored at each epoch end (pretraining).
         tag_column: token classification: the 0-based column of the tags (-1: the last).
         tag_scheme: token classification: the scheme the tags follow (IOB1, IOB2, IOBES).
+        objective: the loss of an embedding task: "cosent" or "cosine_mse" for scored
+            pairs, "multiple_negatives_ranking" for (anchor, positive) pairs (default: by data).
+        score_range: `(lowest, highest)` score of scored pairs (default: 0 to 5, as STS).
     """
 
     train: object = None
@@ -96,6 +99,8 @@ class DataConfig:
     validation_steps: int = 20
     tag_column: int = -1
     tag_scheme: str = "IOB2"
+    objective: str = None
+    score_range: list = None
 
     def column_options(self):
         """How a file's columns are read, as `kbert.data.load_labeled_texts` takes them."""

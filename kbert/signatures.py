@@ -22,6 +22,10 @@ softmax, class names), and every input and output has a fixed dtype and shape:
                         -> mask_positions int32 [batch, masks], token_ids int32 [batch, masks, top_k],
                            tokens string [batch, masks, top_k], scores float32 [batch, masks, top_k]
                         (also exported as serving_default)
+    embedding models (BertTextEmbedder)
+      serving_default   text: string [batch] -> embeddings float32 [batch, hidden]
+      serve_token_ids   token_ids, segment_ids, padding_mask: int32 [batch, sequence]
+                        -> embeddings float32 [batch, hidden]
 
 Every signature checks its inputs in the graph and answers a request it cannot read
 (inputs of different batch sizes or shapes, ids outside the vocabulary, an Example without

@@ -120,6 +120,7 @@ def make_request(kind, seed, index, vocabulary_size):
     rng = np.random.default_rng([seed, index, sum(map(ord, kind))])
     signatures = {
         "masked LM": ["fill_mask", "serving_default"],
+        "embedder": ["serving_default", "serve_token_ids"],
     }.get(kind, ["serving_default", "serve_token_ids", "serve_examples"])
     signature = signatures[index % len(signatures)]
     if signature == "serve_token_ids":

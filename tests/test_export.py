@@ -117,6 +117,9 @@ def write_model_dir(directory, kind="classifier", text_pair=False, num_classes=3
         columns = ["sentence1", "sentence2"] if text_pair else ["sentence"]
         label_names = LABEL_NAMES[:num_classes] if num_classes > 1 else None
         task = {"label_names": label_names, "text_columns": columns}
+    elif kind == "embedder":
+        model = kbert.BertTextEmbedder(backbone, pooling="mean", normalize=True)
+        task = {"name": "embedding"}
     else:
         model = kbert.BertMaskedLM(backbone)
         task = None
@@ -141,6 +144,7 @@ MODEL_KINDS = {
     "pair classifier": dict(kind="classifier", text_pair=True, num_classes=2, seed=1),
     "regression": dict(kind="classifier", num_classes=1, seed=3),
     "masked LM": dict(kind="masked_lm", seed=2),
+    "embedder": dict(kind="embedder", seed=4),
 }
 
 

@@ -262,6 +262,33 @@ def test_token_classifier_serves_in_the_release_runtime_as_in_keras(runtime, exp
     assert_finite_answers({name: responses[name] for name in bad}, [1, 1, 1, 0, 1024])
 
 
+def test_embedder_serves_in_the_release_runtime_as_in_keras(runtime, exports):
+    release, python = runtime
+    exported = exports["embedder"]
+    inputs, embeddings = keras_outputs(exported, TEXTS)
+    requests = {
+        "text": ("serving_default", {"text": strings(TEXTS)}),
+        "token ids": ("serve_token_ids", {name: value.tolist() for name, value in inputs.items()}),
+    }
+    bad = bad_requests(["text"])
+    for name, request_inputs in bad.items():
+        requests[name] = ("serving_default", request_inputs)
+    responses = dict(
+        zip(
+            requests,
+            serve_like_tensorflow_serving(
+                exported["export"],
+                [{"signature": signature, "inputs": values} for signature, values in requests.values()],
+                python=python,
+            ),
+        )
+    )
+    for name in ("text", "token ids"):
+        assert responses[name]["shapes"]["embeddings"] == list(embeddings.shape)
+        np.testing.assert_allclose(responses[name]["outputs"]["embeddings"], embeddings, atol=1e-5)
+    assert_finite_answers({name: responses[name] for name in bad}, [1, 1, 1, 0, 1024])
+
+
 @pytest.mark.parametrize("kind", [*test_export.MODEL_KINDS, "token classifier"])
 def test_warmup_requests_replay_in_the_release_runtime(runtime, exports, kind):
     release, python = runtime
@@ -287,5 +314,5 @@ def test_warmup_requests_replay_in_the_release_runtime(runtime, exports, kind):
     kinds = {entry["kind"] for entry in replayed}
     if kind == "regression":
         assert "regress_log" in kinds
-    elif kind not in ("masked LM", "token classifier"):
+    elif kind not in ("masked LM", "token classifier", "embedder"):
         assert "classify_log" in kinds

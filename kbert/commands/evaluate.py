@@ -11,7 +11,9 @@ def add_arguments(parser):
     parser.add_argument("--model", required=True, metavar="DIR", help="a kbert model directory")
     parser.add_argument("--data", required=True, nargs="+", metavar="FILE",
                         help="a TSV/CSV file (or a TFDS name) for a classifier; .txt files for a masked LM")
-    parser.add_argument("--task", default=None, help="a GLUE task (default: the model's own)")
+    parser.add_argument("--task", default=None,
+                        help="a GLUE task (default: the model's own); for an embedding model, sts "
+                        "(scored pairs) or retrieval ((query, passage) pairs; default: by the data)")
     parser.add_argument("--split", default=None,
                         help="split to read (default: validation for a TFDS classification set, "
                              "train, i.e. all of it, for .txt files; slices such as 'train[90%%:]' work)")

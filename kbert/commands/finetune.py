@@ -15,7 +15,8 @@ def add_arguments(parser):
     parser.add_argument("--task", default=None,
                         help="a GLUE task (sst2, cola, mrpc, rte, qnli, stsb, qqp, mnli, wnli): "
                         "sets columns, labels and metric; conll2003 or token_classification for "
-                        "named entities from CoNLL-style files")
+                        "named entities from CoNLL-style files; embedding, sts, similarity or "
+                        "retrieval: sentence embeddings on text pairs")
     train = parser.add_mutually_exclusive_group(required=True)
     train.add_argument("--train", metavar="FILE", help="training TSV/CSV file (CoNLL-style for tagging)")
     train.add_argument("--tfds", metavar="NAME", help="a TFDS dataset, e.g. glue/sst2")
@@ -38,6 +39,12 @@ def add_arguments(parser):
     parser.add_argument("--epochs", type=options.positive_int, default=3, help="epochs (default: 3)")
     parser.add_argument("--warmup-ratio", type=float, default=0.1,
                         help="share of steps in linear warmup (default: 0.1)")
+    parser.add_argument("--objective", default=None,
+                        choices=("cosent", "cosine_mse", "multiple_negatives_ranking"),
+                        help="embedding tasks' loss (default: cosent for scored pairs, "
+                        "multiple_negatives_ranking for (anchor, positive) pairs)")
+    parser.add_argument("--score-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="the scores scored pairs may hold (default: 0 5, as STS)")
     parser.add_argument("--no-bucketing", action="store_true",
                         help="pad every batch to --sequence-length (fixed shapes, e.g. for TPUs)")
     parser.add_argument("--output", required=True, metavar="DIR", help="the model directory to write")

@@ -5,7 +5,7 @@ only the SavedModel's signatures, as TensorFlow Serving would; given a kbert mod
 it runs the Keras model with the same preprocessing, so that the two can be compared line by
 line. Each input prints one JSON object: `probabilities`, `label_id`, `label` for classifiers
 (`score` for regression), `mask_positions`, `token_ids`, `tokens`, `scores` for masked-LM
-models.
+models, `embeddings` for embedding models.
 """
 
 import json
@@ -138,9 +138,13 @@ class _SavedModelPredictor:
         self.server = SavedModelServer(path)
         self.text_pair = "text_pair" in self.server.input_names()
         # The signatures tell the task: exports carry no model directory config.
-        name = "masked_lm" if FILL_MASK in self.server.signature_defs else "classification"
-        if "num_entities" in self.server.signature_defs[SERVING_DEFAULT].outputs:
+        outputs = self.server.signature_defs[SERVING_DEFAULT].outputs
+        if FILL_MASK in self.server.signature_defs:
+            name = "masked_lm"
+        elif "num_entities" in outputs:
             name = "token_classification"
+        else:
+            name = "embedding" if "embeddings" in outputs else "classification"
         self.task = tasks.get(name)
 
     def predict(self, texts, text_pairs=None):

@@ -135,10 +135,14 @@ class Task:
 
 def _registry():
     from kbert.tasks.classification import ClassificationTask
+    from kbert.tasks.embedding import EmbeddingTask
     from kbert.tasks.masked_lm import MaskedLMTask
     from kbert.tasks.token_classification import TokenClassificationTask
 
-    return {task.name: task for task in (ClassificationTask, MaskedLMTask, TokenClassificationTask)}
+    return {
+        task.name: task
+        for task in (ClassificationTask, MaskedLMTask, TokenClassificationTask, EmbeddingTask)
+    }
 
 
 def names():
