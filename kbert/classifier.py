@@ -26,20 +26,9 @@ class BertClassifier(TaskModel):
     """
 
     def __init__(self, backbone, num_classes, dropout=0.1, **kwargs):
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-            raise ValueError(
-                "Expected num_classes to be a positive integer (1 for regression). "
-                f"Received: num_classes={num_classes!r}"
-            )
         # === Layers ===
         # The float32 pooled output is dropped out and classified in float32.
-        self.output_dropout = Dropout(dropout, dtype="float32", name="output_dropout")
-        self.output_dense = keras.layers.Dense(
-            num_classes,
-            kernel_initializer=bert_kernel_initializer(),
-            dtype="float32",
-            name="logits",
-        )
+        self.output_dropout, self.output_dense = logits_layers(num_classes, dropout)
 
         # === Functional Model ===
         inputs = dict(backbone.input)
@@ -54,3 +43,16 @@ class BertClassifier(TaskModel):
 
     def head_config(self):
         return {"num_classes": self.num_classes, "dropout": self.dropout}
+
+
+def logits_layers(num_classes, dropout):
+    """The dropout and dense layers of a classification head, in float32, BERT-initialized."""
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(
+            f"Expected num_classes to be a positive integer. Received: num_classes={num_classes!r}"
+        )
+    dropout_layer = Dropout(dropout, dtype="float32", name="output_dropout")
+    dense = keras.layers.Dense(
+        num_classes, kernel_initializer=bert_kernel_initializer(), dtype="float32", name="logits"
+    )
+    return dropout_layer, dense

@@ -179,3 +179,11 @@ def checked_token_id_inputs(backbone, token_ids, segment_ids, padding_mask):
             name: tf.identity(value[:, : backbone.max_sequence_length])
             for name, value in inputs.items()
         }
+
+
+def predict_endpoints(from_text, from_token_ids, text_names=("text",)):
+    """`serving_default` (raw text) and `serve_token_ids` of a task, both of the Predict API."""
+    return {
+        SERVING_DEFAULT: (from_text, tuple(text_names), PREDICT_METHOD),
+        SERVE_TOKEN_IDS: (from_token_ids, ("token_ids", "segment_ids", "padding_mask"), PREDICT_METHOD),
+    }

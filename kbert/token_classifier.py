@@ -2,8 +2,8 @@
 
 import keras
 
+from kbert.classifier import logits_layers
 from kbert.functional import TaskModel
-from kbert.layers import Dropout, bert_kernel_initializer
 
 
 @keras.saving.register_keras_serializable(package="kbert")
@@ -28,19 +28,9 @@ class BertTokenClassifier(TaskModel):
     """
 
     def __init__(self, backbone, num_classes, dropout=0.1, **kwargs):
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-            raise ValueError(
-                f"Expected num_classes to be a positive integer. Received: num_classes={num_classes!r}"
-            )
         # === Layers ===
         # The float32 sequence output is dropped out and classified in float32.
-        self.output_dropout = Dropout(dropout, dtype="float32", name="output_dropout")
-        self.output_dense = keras.layers.Dense(
-            num_classes,
-            kernel_initializer=bert_kernel_initializer(),
-            dtype="float32",
-            name="logits",
-        )
+        self.output_dropout, self.output_dense = logits_layers(num_classes, dropout)
 
         # === Functional Model ===
         inputs = dict(backbone.input)

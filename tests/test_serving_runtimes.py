@@ -201,19 +201,8 @@ def test_masked_lm_serves_in_the_release_runtime_as_in_keras(runtime, exports):
         "fill_mask": ("fill_mask", {"text": strings(MASKED_TEXTS)}),
         "serving_default": ("serving_default", {"text": strings(MASKED_TEXTS)}),
     }
-    bad = bad_requests(["text"])
-    for name, request_inputs in bad.items():
-        requests[name] = ("fill_mask", request_inputs)
-    responses = dict(
-        zip(
-            requests,
-            serve_like_tensorflow_serving(
-                exported["export"],
-                [{"signature": signature, "inputs": values} for signature, values in requests.values()],
-                python=python,
-            ),
-        )
-    )
+    bad = with_bad_requests(requests, "fill_mask")
+    responses = serve_requests(exported, requests, python)
     for name in ("fill_mask", "serving_default"):
         outputs = responses[name]["outputs"]
         for index, row in enumerate(expected):
@@ -236,18 +225,7 @@ def test_token_classifier_serves_in_the_release_runtime_as_in_keras(runtime, exp
     exported = exports["token classifier"]
     expected = _KerasPredictor(exported["model_dir"], top_k=3).predict([_bytes(t) for t in HARD_TEXTS])
     inputs, logits = keras_outputs(exported, HARD_TEXTS)
-    requests = {
-        "text": ("serving_default", {"text": strings(HARD_TEXTS)}),
-        "token ids": ("serve_token_ids", {name: value.tolist() for name, value in inputs.items()}),
-    }
-    bad = bad_requests(["text"])
-    for name, request_inputs in bad.items():
-        requests[name] = ("serving_default", request_inputs)
-    responses = dict(zip(requests, serve_like_tensorflow_serving(
-        exported["export"],
-        [{"signature": signature, "inputs": values} for signature, values in requests.values()],
-        python=python,
-    )))
+    responses, bad = serve_text_and_token_ids(exported, HARD_TEXTS, inputs, python)
     outputs = responses["text"]["outputs"]
     assert outputs["num_entities"] == [len(row) for row in expected]
     assert sum(outputs["num_entities"]) > 5
@@ -266,23 +244,7 @@ def test_embedder_serves_in_the_release_runtime_as_in_keras(runtime, exports):
     release, python = runtime
     exported = exports["embedder"]
     inputs, embeddings = keras_outputs(exported, TEXTS)
-    requests = {
-        "text": ("serving_default", {"text": strings(TEXTS)}),
-        "token ids": ("serve_token_ids", {name: value.tolist() for name, value in inputs.items()}),
-    }
-    bad = bad_requests(["text"])
-    for name, request_inputs in bad.items():
-        requests[name] = ("serving_default", request_inputs)
-    responses = dict(
-        zip(
-            requests,
-            serve_like_tensorflow_serving(
-                exported["export"],
-                [{"signature": signature, "inputs": values} for signature, values in requests.values()],
-                python=python,
-            ),
-        )
-    )
+    responses, bad = serve_text_and_token_ids(exported, TEXTS, inputs, python)
     for name in ("text", "token ids"):
         assert responses[name]["shapes"]["embeddings"] == list(embeddings.shape)
         np.testing.assert_allclose(responses[name]["outputs"]["embeddings"], embeddings, atol=1e-5)
@@ -290,6 +252,35 @@ def test_embedder_serves_in_the_release_runtime_as_in_keras(runtime, exports):
 
 
 @pytest.mark.parametrize("kind", [*test_export.MODEL_KINDS, "token classifier"])
+def serve_requests(exported, requests, python):
+    """`{name: response}` of `requests` (`{name: (signature, inputs)}`) in the runtime."""
+    responses = serve_like_tensorflow_serving(
+        exported["export"],
+        [{"signature": signature, "inputs": values} for signature, values in requests.values()],
+        python=python,
+    )
+    return dict(zip(requests, responses))
+
+
+def serve_text_and_token_ids(exported, texts, inputs, python):
+    """Responses to `serving_default` of `texts`, `serve_token_ids` of `inputs`, and hostile
+    texts; returns them with the hostile requests' names."""
+    requests = {
+        "text": ("serving_default", {"text": strings(texts)}),
+        "token ids": ("serve_token_ids", {name: value.tolist() for name, value in inputs.items()}),
+    }
+    bad = with_bad_requests(requests, "serving_default")
+    return serve_requests(exported, requests, python), bad
+
+
+def with_bad_requests(requests, signature):
+    """Adds the hostile `text` requests to `signature` to `requests`; returns them by name."""
+    bad = bad_requests(["text"])
+    for name, request_inputs in bad.items():
+        requests[name] = (signature, request_inputs)
+    return bad
+
+
 def test_warmup_requests_replay_in_the_release_runtime(runtime, exports, kind):
     release, python = runtime
     export_dir = exports[kind]["export"]

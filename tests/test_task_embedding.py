@@ -287,4 +287,4 @@ def test_search_of_an_empty_corpus_is_one_line_naming_the_file(embedder, tmp_pat
     corpus.write_text("", encoding="utf-8")
     assert cli.main(["search", "--model", str(embedder["model_dir"]), "--corpus", str(corpus), "x"]) == 2
     error = capsys.readouterr().err.strip()
-    assert error == f"kbert search: error: {corpus}, line 1: the corpus is empty; expected a text per line"
+    assert error == f"kbert search: error: {corpus}, line 1: expected a text per line, found an empty file"

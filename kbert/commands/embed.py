@@ -12,14 +12,31 @@ HELP = "Embed the lines of a text file with an embedding model; writes a .npy ar
 
 
 def add_arguments(parser):
-    parser.add_argument("--model", required=True, metavar="PATH",
-                        help="an embedding model directory, or its SavedModel (version or base directory)")
+    add_model_arguments(parser)
     parser.add_argument("--input", required=True, metavar="FILE", help="texts, one per line")
     parser.add_argument("--output", required=True, metavar="FILE",
                         help="the .npy file to write: float32 [lines, hidden]")
-    parser.add_argument("--batch-size", type=int, default=64, metavar="N",
-                        help="texts per batch (default: 64)")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
+
+
+def add_model_arguments(parser):
+    """`--model` and `--batch-size`, as `kbert embed` and `kbert search` share them."""
+    from kbert.commands import options
+
+    parser.add_argument("--model", required=True, metavar="PATH",
+                        help="an embedding model directory, or its SavedModel (version or base directory)")
+    parser.add_argument("--batch-size", type=options.positive_int, default=64, metavar="N",
+                        help="texts per batch (default: 64)")
+
+
+def read_texts(path):
+    """The lines of `path` (bytes), refusing an empty file with its name and line."""
+    from kbert.commands.predict import _read_lines
+
+    texts = _read_lines(path)
+    if not texts:
+        raise ValueError(f"{path}, line 1: expected a text per line, found an empty file")
+    return texts
 
 
 def run(args):
@@ -27,16 +44,11 @@ def run(args):
 
     from kbert import files
     from kbert.cli import UsageError
-    from kbert.commands.predict import _read_lines
     from kbert.retrieval import TextEncoder
 
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be a positive integer, not {args.batch_size}")
     if not args.output.endswith(".npy"):
         raise UsageError(f"--output must name a .npy file, not {args.output}")
-    texts = _read_lines(args.input)
-    if not texts:
-        raise ValueError(f"{args.input}, line 1: expected a text per line, found an empty file")
+    texts = read_texts(args.input)
     encoder = TextEncoder(args.model)
     embeddings = encoder.embed_all(texts, args.batch_size, progress=None if args.quiet else print_progress)
     with files.atomic_path(args.output, expected_size=embeddings.nbytes + 4096) as temporary:

@@ -9,19 +9,19 @@ vector index (FAISS, ScaNN) built from `kbert embed`'s array is the better tool.
 
 import json
 
+from kbert.commands import options
+from kbert.commands.embed import add_model_arguments
+
 HELP = "Print the corpus lines most similar to each query (exact search, in memory)."
 
 
 def add_arguments(parser):
-    parser.add_argument("--model", required=True, metavar="PATH",
-                        help="an embedding model directory, or its SavedModel (version or base directory)")
+    add_model_arguments(parser)
     parser.add_argument("--corpus", required=True, metavar="FILE", help="the texts searched, one per line")
     parser.add_argument("queries", nargs="+", metavar="QUERY", help="what to search for")
     parser.add_argument("--corpus-embeddings", default=None, metavar="FILE",
                         help="the corpus's embeddings from kbert embed (.npy), instead of embedding it here")
-    parser.add_argument("--top-k", type=int, default=5, metavar="K", help="matches per query (default: 5)")
-    parser.add_argument("--batch-size", type=int, default=64, metavar="N",
-                        help="texts per batch (default: 64)")
+    parser.add_argument("--top-k", type=options.positive_int, default=5, metavar="K", help="matches per query (default: 5)")
     parser.add_argument("--json", action="store_true", help="one JSON object per query instead of a table")
 
 
@@ -31,15 +31,10 @@ def run(args):
     import numpy as np
 
     from kbert.cli import UsageError
-    from kbert.commands.embed import print_progress
-    from kbert.commands.predict import _read_lines
+    from kbert.commands.embed import print_progress, read_texts
     from kbert.retrieval import TextEncoder, search
 
-    if args.top_k < 1:
-        raise UsageError(f"--top-k must be a positive integer, not {args.top_k}")
-    corpus = _read_lines(args.corpus)
-    if not corpus:
-        raise ValueError(f"{args.corpus}, line 1: the corpus is empty; expected a text per line")
+    corpus = read_texts(args.corpus)
     encoder = TextEncoder(args.model)
     if args.corpus_embeddings is not None:
         if not os.path.isfile(args.corpus_embeddings):

@@ -12,6 +12,7 @@ reusing a stale one.
 Bad input stops preparation with a one-line error naming the file and line.
 """
 
+import abc
 import csv
 import dataclasses
 import hashlib
@@ -291,13 +292,11 @@ def text_corpus_config(files):
     )
 
 
-class TextCorpus(tfds.core.GeneratorBasedBuilder):
-    """Plain-text files as a TFDS dataset of documents (feature `text`).
+class LocalFilesBuilder(tfds.core.GeneratorBasedBuilder):
+    """The base of the builders of local files: one example per record, in file order.
 
-    Example:
-    >>> builder = TextCorpus(config=text_corpus_config("corpus.txt"), data_dir="tfds")  # doctest: +SKIP
-    >>> builder.download_and_prepare()  # doctest: +SKIP
-    >>> builder.as_dataset(split="train")  # doctest: +SKIP
+    A subclass defines `_info` and `records(path)`, the feature dicts of one file; its
+    config's `files` maps each split to its paths.
     """
 
     VERSION = VERSION
@@ -307,12 +306,9 @@ class TextCorpus(tfds.core.GeneratorBasedBuilder):
     # their code to find.
     code_path = None
 
-    def _info(self):
-        return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict({"text": tfds.features.Text()}),
-            # Documents keep their file order, so a packed stream follows the text.
-            disable_shuffling=True,
-        )
+    @abc.abstractmethod
+    def records(self, path):
+        """The examples (feature dicts) of the file at `path`, in order."""
 
     def _split_generators(self, dl_manager):
         del dl_manager  # local files only
@@ -321,9 +317,30 @@ class TextCorpus(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, paths):
         index = 0
         for path in paths:
-            for _, document in read_documents(path):
-                yield index, {"text": document}
+            for record in self.records(path):
+                yield index, record
                 index += 1
+
+
+class TextCorpus(LocalFilesBuilder):
+    """Plain-text files as a TFDS dataset of documents (feature `text`).
+
+    Example:
+    >>> builder = TextCorpus(config=text_corpus_config("corpus.txt"), data_dir="tfds")  # doctest: +SKIP
+    >>> builder.download_and_prepare()  # doctest: +SKIP
+    >>> builder.as_dataset(split="train")  # doctest: +SKIP
+    """
+
+    def _info(self):
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict({"text": tfds.features.Text()}),
+            # Documents keep their file order, so a packed stream follows the text.
+            disable_shuffling=True,
+        )
+
+    def records(self, path):
+        for _, document in read_documents(path):
+            yield {"text": document}
 
 
 # === Delimited classification files ===

@@ -133,13 +133,8 @@ def conll_file_config(files, options):
     )
 
 
-class ConllFile(tfds.core.GeneratorBasedBuilder):
+class ConllFile(builders.LocalFilesBuilder):
     """CoNLL-style files as a TFDS dataset of sentences (features `words`, `tags`)."""
-
-    VERSION = builders.VERSION
-    RELEASE_NOTES = builders.RELEASE_NOTES
-    # No files beside the code to find (see kbert.data.builders).
-    code_path = None
 
     def _info(self):
         label_names = list(self.builder_config.options["label_names"])
@@ -151,16 +146,9 @@ class ConllFile(tfds.core.GeneratorBasedBuilder):
             disable_shuffling=True,
         )
 
-    def _split_generators(self, dl_manager):
-        del dl_manager  # local files only
-        return {split: self._generate_examples(paths) for split, paths in self.builder_config.files.items()}
-
-    def _generate_examples(self, paths):
-        index = 0
-        for path in paths:
-            for _, words, tags in read_sentences(path, **self.builder_config.options):
-                yield index, {"words": words, "tags": tags}
-                index += 1
+    def records(self, path):
+        for _, words, tags in read_sentences(path, **self.builder_config.options):
+            yield {"words": words, "tags": tags}
 
 
 @dataclasses.dataclass

@@ -206,14 +206,7 @@ class EmbeddingTask(Task):
             # Padded to the longest text of the batch: padding cannot change mean pooling.
             return run_model(**preprocessor(text, pad_to_longest=True))
 
-        return {
-            signatures.SERVING_DEFAULT: (from_text, ("text",), signatures.PREDICT_METHOD),
-            signatures.SERVE_TOKEN_IDS: (
-                from_token_ids,
-                ("token_ids", "segment_ids", "padding_mask"),
-                signatures.PREDICT_METHOD,
-            ),
-        }
+        return signatures.predict_endpoints(from_text, from_token_ids)
 
 
 def pair_dataset(pairs, preprocessor, batch_size, shuffle=False, seed=None, input_context=None):

@@ -168,14 +168,7 @@ class TokenClassificationTask(Task):
             )
             return token_probabilities(model, inputs, label_names)
 
-        return {
-            signatures.SERVING_DEFAULT: (from_text, ("text",), signatures.PREDICT_METHOD),
-            signatures.SERVE_TOKEN_IDS: (
-                from_token_ids,
-                ("token_ids", "segment_ids", "padding_mask"),
-                signatures.PREDICT_METHOD,
-            ),
-        }
+        return signatures.predict_endpoints(from_text, from_token_ids)
 
     def rows(self, outputs, batch_size):
         """One list of entities per input: `text`, `label`, `start`, `end`, `score`."""
