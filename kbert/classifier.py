@@ -6,8 +6,37 @@ from kbert.functional import TaskModel
 from kbert.layers import Dropout, bert_kernel_initializer
 
 
+class LogitsHead(TaskModel):
+    """Dropout and a dense layer on one of the backbone's outputs: the base of the classifiers.
+
+    A subclass names the output it classifies in `classified_output`: `pooled_output` (one
+    set of logits per text) or `sequence_output` (one per token).
+    """
+
+    classified_output = None
+
+    def __init__(self, backbone, num_classes, dropout=0.1, **kwargs):
+        # === Layers ===
+        # The float32 output is dropped out and classified in float32.
+        self.output_dropout, self.output_dense = logits_layers(num_classes, dropout)
+
+        # === Functional Model ===
+        inputs = dict(backbone.input)
+        features = backbone(inputs)[self.classified_output]  # (batch, [sequence,] hidden)
+        logits = self.output_dense(self.output_dropout(features))  # (batch, [sequence,] num_classes)
+        super().__init__(inputs=inputs, outputs=logits, **kwargs)
+
+        # === Config ===
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.dropout = dropout
+
+    def head_config(self):
+        return {"num_classes": self.num_classes, "dropout": self.dropout}
+
+
 @keras.saving.register_keras_serializable(package="kbert")
-class BertClassifier(TaskModel):
+class BertClassifier(LogitsHead):
     """BERT for sequence classification: dropout and a dense layer on `pooled_output`.
 
     The output is float32 logits of shape (batch, num_classes); with `num_classes=1` it is
@@ -25,24 +54,7 @@ class BertClassifier(TaskModel):
     >>> classifier.fit(dataset, epochs=1)  # doctest: +SKIP
     """
 
-    def __init__(self, backbone, num_classes, dropout=0.1, **kwargs):
-        # === Layers ===
-        # The float32 pooled output is dropped out and classified in float32.
-        self.output_dropout, self.output_dense = logits_layers(num_classes, dropout)
-
-        # === Functional Model ===
-        inputs = dict(backbone.input)
-        pooled_output = backbone(inputs)["pooled_output"]  # (batch, hidden)
-        logits = self.output_dense(self.output_dropout(pooled_output))  # (batch, num_classes)
-        super().__init__(inputs=inputs, outputs=logits, **kwargs)
-
-        # === Config ===
-        self.backbone = backbone
-        self.num_classes = num_classes
-        self.dropout = dropout
-
-    def head_config(self):
-        return {"num_classes": self.num_classes, "dropout": self.dropout}
+    classified_output = "pooled_output"
 
 
 def logits_layers(num_classes, dropout):

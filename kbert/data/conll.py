@@ -115,18 +115,9 @@ def read_label_names(paths, tag_column=-1, scheme="IOB2"):
 # === The TFDS builder ===
 
 
-class ConllFileConfig(tfds.core.BuilderConfig):
-    """Which CoNLL-style files make up each split, and how they are read."""
-
-    def __init__(self, *, files, options, **kwargs):
-        super().__init__(**kwargs)
-        self.files = files
-        self.options = options
-
-
 def conll_file_config(files, options):
-    """A `ConllFileConfig` for `files` (a dict split -> paths) read with `read_sentences` `options`."""
-    return ConllFileConfig(
+    """A `LocalFilesConfig` of CoNLL-style `files` (split -> paths), read with `read_sentences(**options)`."""
+    return builders.LocalFilesConfig(
         name=builders._config_name("conll", files, options), version=builders.VERSION,
         release_notes=builders.RELEASE_NOTES, files=files, options=options,
         description="Sentences from: " + ", ".join(p for paths in files.values() for p in paths),
