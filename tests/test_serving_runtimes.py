@@ -251,7 +251,6 @@ def test_embedder_serves_in_the_release_runtime_as_in_keras(runtime, exports):
     assert_finite_answers({name: responses[name] for name in bad}, [1, 1, 1, 0, 1024])
 
 
-@pytest.mark.parametrize("kind", [*test_export.MODEL_KINDS, "token classifier"])
 def serve_requests(exported, requests, python):
     """`{name: response}` of `requests` (`{name: (signature, inputs)}`) in the runtime."""
     responses = serve_like_tensorflow_serving(
@@ -281,6 +280,7 @@ def with_bad_requests(requests, signature):
     return bad
 
 
+@pytest.mark.parametrize("kind", [*test_export.MODEL_KINDS, "token classifier"])
 def test_warmup_requests_replay_in_the_release_runtime(runtime, exports, kind):
     release, python = runtime
     export_dir = exports[kind]["export"]
