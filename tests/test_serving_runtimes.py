@@ -47,7 +47,7 @@ MASKED_TEXTS = [
 ]
 
 # Replays a version's warm-up file as TF Serving does on load: every logged request through
-# the session, by the signature it names. Prints one line per request.
+# the session, by the signature it names. Prints one JSON line: each export directory's replies.
 WARMUP_REPLAY = r"""
 import json, sys
 import numpy as np
@@ -55,31 +55,33 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401
 from tensorflow_serving.apis import prediction_log_pb2
 
-export_dir = sys.argv[1]
-path = f"{export_dir}/assets.extra/tf_serving_warmup_requests"
-results = []
-with tf.compat.v1.Session(graph=tf.Graph()) as session:
-    meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], export_dir)
-    for record in tf.compat.v1.io.tf_record_iterator(path):
-        log = prediction_log_pb2.PredictionLog.FromString(record)
-        kind = log.WhichOneof("log_type")
-        request = getattr(log, kind).request
-        signature = meta_graph.signature_def[request.model_spec.signature_name]
-        if kind == "predict_log":
-            feeds = {signature.inputs[name].name: tf.make_ndarray(tensor) for name, tensor in request.inputs.items()}
-            batch_size = len(next(iter(feeds.values())))
-        else:
-            examples = [example.SerializeToString() for example in request.input.example_list.examples]
-            (input_info,) = signature.inputs.values()
-            feeds = {input_info.name: np.array(examples, dtype=object)}
-            batch_size = len(examples)
-        outputs = session.run({name: info.name for name, info in signature.outputs.items()}, feeds)
-        finite = all(np.isfinite(value).all() for value in outputs.values() if value.dtype.kind == "f")
-        rows = {name: int(value.shape[0]) for name, value in outputs.items()}
-        results.append({"kind": kind, "signature": request.model_spec.signature_name,
-                        "batch_size": batch_size, "rows": rows, "finite": bool(finite),
-                        "tensorflow": tf.__version__})
-print(json.dumps(results))
+replayed = {}
+for export_dir in sys.argv[1:]:
+    path = f"{export_dir}/assets.extra/tf_serving_warmup_requests"
+    results = []
+    with tf.compat.v1.Session(graph=tf.Graph()) as session:
+        meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], export_dir)
+        for record in tf.compat.v1.io.tf_record_iterator(path):
+            log = prediction_log_pb2.PredictionLog.FromString(record)
+            kind = log.WhichOneof("log_type")
+            request = getattr(log, kind).request
+            signature = meta_graph.signature_def[request.model_spec.signature_name]
+            if kind == "predict_log":
+                feeds = {signature.inputs[name].name: tf.make_ndarray(tensor) for name, tensor in request.inputs.items()}
+                batch_size = len(next(iter(feeds.values())))
+            else:
+                examples = [example.SerializeToString() for example in request.input.example_list.examples]
+                (input_info,) = signature.inputs.values()
+                feeds = {input_info.name: np.array(examples, dtype=object)}
+                batch_size = len(examples)
+            outputs = session.run({name: info.name for name, info in signature.outputs.items()}, feeds)
+            finite = all(np.isfinite(value).all() for value in outputs.values() if value.dtype.kind == "f")
+            rows = {name: int(value.shape[0]) for name, value in outputs.items()}
+            results.append({"kind": kind, "signature": request.model_spec.signature_name,
+                            "batch_size": batch_size, "rows": rows, "finite": bool(finite),
+                            "tensorflow": tf.__version__})
+    replayed[export_dir] = results
+print(json.dumps(replayed))
 """
 
 
@@ -280,30 +282,36 @@ def with_bad_requests(requests, signature):
     return bad
 
 
-@pytest.mark.parametrize("kind", [*test_export.MODEL_KINDS, "token classifier"])
-def test_warmup_requests_replay_in_the_release_runtime(runtime, exports, kind):
+def test_warmup_requests_replay_in_the_release_runtime(runtime, exports):
     release, python = runtime
-    export_dir = exports[kind]["export"]
+    # Every kind's export in one process: a TensorFlow start-up is most of the time.
+    export_dirs = {kind: os.fspath(exported["export"]) for kind, exported in exports.items()}
     result = subprocess.run(
-        [python, "-c", WARMUP_REPLAY, os.fspath(export_dir)],
+        [python, "-c", WARMUP_REPLAY, *export_dirs.values()],
         capture_output=True,
         text=True,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=""),
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    replayed = json.loads(result.stdout.strip().splitlines()[-1])
+    replayed_by_export = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(exports) >= {*test_export.MODEL_KINDS, "token classifier"}
+    for kind, export_dir in export_dirs.items():
+        assert_warmup_replayed(release, kind, export_dir, replayed_by_export[export_dir])
+
+
+def assert_warmup_replayed(release, kind, export_dir, replayed):
     expected_tensorflow = serving_releases.RELEASES[release].tensorflow
     assert {entry["tensorflow"] for entry in replayed} == {expected_tensorflow}
     signatures = {entry["signature"] for entry in replayed}
     with open(os.path.join(export_dir, "assets.extra", "kbert_export.json"), encoding="utf-8") as file:
         info = json.load(file)
-    assert signatures == set(info["signatures"])
-    assert len(replayed) == info["warmup_requests"]
+    assert signatures == set(info["signatures"]), kind
+    assert len(replayed) == info["warmup_requests"], kind
     for entry in replayed:
-        assert entry["finite"], entry
-        assert set(entry["rows"].values()) == {entry["batch_size"]}, entry
+        assert entry["finite"], (kind, entry)
+        assert set(entry["rows"].values()) == {entry["batch_size"]}, (kind, entry)
     kinds = {entry["kind"] for entry in replayed}
     if kind == "regression":
         assert "regress_log" in kinds
     elif kind not in ("masked LM", "token classifier", "embedder"):
-        assert "classify_log" in kinds
+        assert "classify_log" in kinds, kind
