@@ -11,8 +11,8 @@ Example:
 >>> model = ModelConfig(init="runs/mini")
 >>> data = DataConfig(train="train.tsv", validation="dev.tsv", task="sst2")
 >>> optimizer = OptimizerConfig(learning_rate=1e-4, warmup_steps=100)
->>> run = RunConfig(output_dir="runs/sst2", precision="mixed_bfloat16")
->>> workflows.run_finetuning(model, data, optimizer, run, epochs=3)  # doctest: +SKIP
+>>> run = RunConfig(output_dir="runs/sst2", epochs=3, precision="mixed_bfloat16")
+>>> workflows.run_finetuning(model, data, optimizer, run)  # doctest: +SKIP
 """
 
 import dataclasses
@@ -201,25 +201,19 @@ def from_options(options):
     What the keyword forms of the training jobs take; an option that is no config's field
     is refused, as a misspelt keyword argument would be.
     """
-    classes = CONFIG_CLASSES
-    known = {name for config_class in classes for name in fields(config_class)}
+    known = {name for config_class in CONFIG_CLASSES for name in fields(config_class)}
     unknown = sorted(set(options) - known)
     if unknown:
         raise TypeError(
-            f"Expected options among the fields of {', '.join(c.__name__ for c in classes)}. "
+            f"Expected options among the fields of {', '.join(c.__name__ for c in CONFIG_CLASSES)}. "
             f"Received: {', '.join(f'{name}={options[name]!r}' for name in unknown)}"
         )
     return of_flags(options)
 
 
-def from_arguments(config_class, arguments, **renamed):
-    """A `config_class` of the keyword `arguments` named as its fields (others ignored).
-
-    `renamed` maps a field to the argument that holds it under another name.
-    """
-    values = {name: arguments[name] for name in fields(config_class) if name in arguments}
-    values.update({name: arguments[argument] for name, argument in renamed.items()})
-    return config_class(**values)
+def from_arguments(config_class, arguments):
+    """A `config_class` of the keyword `arguments` named as its fields (others ignored)."""
+    return config_class(**{name: arguments[name] for name in fields(config_class) if name in arguments})
 
 
 def as_dicts(**configs):

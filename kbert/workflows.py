@@ -137,8 +137,9 @@ def run_finetuning(model, data, optimizer, run):
     """
     from kbert.tokenizer import BertTokenizer
 
-    for name in ("epochs", "batch_size", "sequence_length"):
-        _check_positive(name, getattr(run if name == "epochs" else data, name))
+    _check_positive("epochs", run.epochs)
+    _check_positive("batch_size", data.batch_size)
+    _check_positive("sequence_length", data.sequence_length)
     model_dir.read_config(model.init)  # a bad init stops here, before the data is read
     task = tasks.get(data.task or "classification")
     tokenizer = BertTokenizer.from_model_dir(model.init)
