@@ -186,6 +186,22 @@ def finetune(root, init, train, validation, task, objective=None, epochs=2):
     )
 
 
+def test_pair_batches_are_padded_to_length_buckets(embedder, tmp_path):
+    from kbert.tasks.embedding import pair_dataset
+    from kbert.tokenizer import BertPreprocessor
+
+    long_text = " ".join(["cat"] * 40)  # 42 pieces packed: the bucket of 64
+    rows = STS_ROWS + [("main-news", "headlines", "2013", "0007", "2.0", long_text, "a dog")]
+    pairs = read_text_pairs(str(write_rows(tmp_path / "pairs.csv", rows)))
+    preprocessor = BertPreprocessor(kbert.BertTokenizer.from_model_dir(embedder["model_dir"]), sequence_length=128)
+    batches = list(pair_dataset(pairs, preprocessor, batch_size=2))
+    lengths = [int(x["token_ids"].shape[1]) for x, _ in batches]
+    # The first three batches' longest text packs to at most 9 pieces; the last holds the long one.
+    assert lengths == [16, 16, 16, 64]
+    for x, _ in batches:  # the padding is padding: mean pooling reads only real tokens
+        assert int(np.asarray(x["padding_mask"]).sum(axis=1).max()) <= 42
+
+
 def test_finetuning_on_scored_pairs_lowers_the_cosent_loss_and_evaluates(embedder, tmp_path):
     train = write_rows(tmp_path / "sts-train.csv", STS_ROWS)
     history, metrics = finetune(tmp_path / "sts", embedder["model_dir"], train, train, "sts")

@@ -214,8 +214,9 @@ def pair_dataset(pairs, preprocessor, batch_size, shuffle=False, seed=None, inpu
 
     Args:
         pairs: a `kbert.data.pairs.TextPairs`.
-        preprocessor: a `BertPreprocessor`; each batch is padded to its longest text, texts
-            truncated to its `sequence_length`.
+        preprocessor: a `BertPreprocessor`; texts are truncated to its `sequence_length`, and
+            each batch padded to the smallest of `default_bucket_boundaries(sequence_length)`
+            that holds its longest text.
         batch_size: the global number of pairs per batch (divided among replicas under
             `input_context`).
         shuffle: shuffle the pairs every epoch.
@@ -229,6 +230,7 @@ def pair_dataset(pairs, preprocessor, batch_size, shuffle=False, seed=None, inpu
     """
     import tensorflow as tf
 
+    from kbert.data.classification import default_bucket_boundaries
     from kbert.data.sources import distribution_options, without_autotuning
 
     if pairs.scores is not None:
@@ -248,9 +250,16 @@ def pair_dataset(pairs, preprocessor, batch_size, shuffle=False, seed=None, inpu
     if shuffle:
         dataset = dataset.shuffle(len(pairs.texts), seed=seed, reshuffle_each_iteration=True)
 
+    # Padded to the smallest length bucket that holds the batch's longest text, not to the
+    # longest text itself: a few shapes mean a few traces (and XLA compilations) per run,
+    # where one shape per length would compile the training step dozens of times.
+    boundaries = tf.constant(default_bucket_boundaries(preprocessor.sequence_length), tf.int32)
+
     def pack(first_ids, second_ids, batch_targets):
-        x = preprocessor.pack(tf.concat([first_ids, second_ids], axis=0), pad_to_longest=True)
-        return x, batch_targets
+        token_ids = tf.concat([first_ids, second_ids], axis=0)
+        longest = tf.maximum(tf.reduce_max(token_ids.row_lengths()), 0) + 2  # [CLS] text [SEP]
+        length = boundaries[tf.searchsorted(boundaries, tf.cast(longest, tf.int32)[tf.newaxis])[0]]
+        return preprocessor.pack(token_ids, sequence_length=length), batch_targets
 
     # Graph code already; AutoGraph would only spend time converting it.
     pack = tf.autograph.experimental.do_not_convert(pack)
