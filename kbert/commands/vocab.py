@@ -15,8 +15,8 @@ def add_arguments(parser):
         "source",
         nargs="*",
         metavar="SOURCE",
-        help=".txt files (blank lines and '= Title =' lines separate documents) or one TFDS "
-        "dataset name, such as wikipedia/20230601.en",
+        help="UTF-8 text files, read in lines, or one TFDS dataset name, such as "
+        "wikipedia/20230601.en",
     )
     parser.add_argument(
         "--input",
