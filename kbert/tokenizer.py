@@ -1,8 +1,9 @@
 """BertTokenizer and BertPreprocessor: raw text to BERT inputs, in-graph; WordPiece vocabulary training.
 
-Everything here is built from TensorFlow and TensorFlow Text ops, so the tokenizer runs inside
-`tf.data`, inside a `tf.function`, and inside a SavedModel served by TensorFlow Serving, whatever
-the Keras backend.
+The tokenizer is built from TensorFlow and TensorFlow Text ops, so it runs inside `tf.data`,
+inside a `tf.function`, and inside a SavedModel served by TensorFlow Serving, whatever the Keras
+backend. Vocabularies are learned with Hugging Face `tokenizers` (or tensorflow-text's learner),
+outside the graph.
 """
 
 import collections
@@ -386,50 +387,161 @@ def truncate_longest_first(segments, max_tokens):
     ]
 
 
+# The trainers `train_vocabulary` offers, the default first.
+TRAINERS = ("tokenizers", "tensorflow-text")
+
+# The most distinct characters a learned vocabulary keeps, the rarer ones becoming [UNK]: the
+# limit Hugging Face's BERT WordPiece trainer applies.
+ALPHABET_LIMIT = 1000
+
+
 def train_vocabulary(
     texts,
     vocabulary_size,
     lowercase=True,
     strip_accents=None,
+    trainer="tokenizers",
     batch_size=256,
     progress=True,
 ):
-    """Learns a WordPiece vocabulary from text with tensorflow-text's BERT vocabulary learner.
+    """Learns a WordPiece vocabulary from text; `[PAD] [UNK] [CLS] [SEP] [MASK]` take ids 0-4.
 
-    Words are counted after the same basic tokenization `BertTokenizer` applies, so the vocabulary
-    fits the tokenizer that will use it. `[PAD] [UNK] [CLS] [SEP] [MASK]` take ids 0-4.
+    Words are split as `BertTokenizer` splits them (BERT's normalisation and pre-tokenization),
+    so the vocabulary fits the tokenizer that will use it. Two trainers:
+
+    - `"tokenizers"`: Hugging Face `tokenizers`' WordPiece trainer, in Rust on all cores, with
+      `BertNormalizer` and `BertPreTokenizer` (which `BertTokenizer` reproduces) and at most
+      `ALPHABET_LIMIT` characters. It breaks ties between equally frequent pairs in an order
+      that changes from run to run, so two runs on the same text can differ in a few of the
+      rarest tokens and in the order of the characters.
+    - `"tensorflow-text"`: tensorflow-text's BERT vocabulary learner, pure Python: words are
+      counted with `basic_tokenize` in `tf.data`, then the learner searches for a count
+      threshold. It keeps every character of the text and gives the same file every run, but
+      takes many times longer on large text.
 
     Args:
-        texts: a `tf.data.Dataset` of tf.string scalars (documents or lines).
-        vocabulary_size: the largest number of tokens to return (the learner may return fewer).
+        texts: a `tf.data.Dataset` of tf.string scalars, or an iterable of Python strings or of
+            lists of strings (such as a `kbert.data.text_sample.TextSample`).
+        vocabulary_size: the largest number of tokens to return (a trainer may return fewer).
         lowercase: as for `BertTokenizer`.
         strip_accents: as for `BertTokenizer`.
-        batch_size: texts tokenized per step.
-        progress: show a progress bar while counting words.
+        trainer: one of `TRAINERS`.
+        batch_size: texts tokenized per step (tensorflow-text).
+        progress: print a line on stderr as each phase starts and ends.
 
     Returns:
         list of tokens in id order.
     """
-    from tensorflow_text.tools.wordpiece_vocab import wordpiece_tokenizer_learner_lib as learner
-    from tqdm.auto import tqdm
+    import sys
+    import time
 
     if vocabulary_size <= len(SPECIAL_TOKENS):
         raise ValueError(
             f"Expected vocabulary_size to be larger than the {len(SPECIAL_TOKENS)} special tokens. "
             f"Received: vocabulary_size={vocabulary_size}"
         )
-    words = texts.batch(batch_size).map(
+    if trainer not in TRAINERS:
+        raise ValueError(
+            f"Expected trainer to be one of {', '.join(TRAINERS)}. Received: trainer={trainer!r}"
+        )
+    if strip_accents is None:
+        strip_accents = lowercase
+
+    def report(message):
+        if progress:
+            print(f"learning: {message}", file=sys.stderr, flush=True)
+
+    started = time.perf_counter()
+    report(f"counting words as the text is read ({trainer} trainer)")
+    if trainer == "tokenizers":
+        vocabulary = _learn_with_tokenizers(texts, vocabulary_size, lowercase, strip_accents, report)
+    else:
+        vocabulary = _learn_with_tensorflow_text(
+            texts, vocabulary_size, lowercase, strip_accents, batch_size, report
+        )
+    if len(vocabulary) <= len(SPECIAL_TOKENS):
+        raise ValueError("Expected text to learn a vocabulary from. Received: no words")
+    # Both trainers keep the characters of the text, alone and as ## suffixes, so that any word
+    # can be tokenized; a size below that cannot be met, and a larger file than asked for would
+    # be a surprise.
+    if len(vocabulary) > vocabulary_size:
+        raise ValueError(
+            f"Expected vocabulary_size to be at least {len(vocabulary)} for this text: the special "
+            "tokens and the characters it holds, alone and as ## suffixes. "
+            f"Received: vocabulary_size={vocabulary_size}"
+        )
+    report(f"{len(vocabulary):,} tokens in {time.perf_counter() - started:.0f} s")
+    return vocabulary
+
+
+def _text_batches(texts, batch_size=256):
+    """Lists of Python strings from any of the forms `train_vocabulary` takes."""
+    if isinstance(texts, tf.data.Dataset):
+        for batch in texts.batch(batch_size).prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+            yield [text.decode("utf-8", errors="replace") for text in batch]
+        return
+    for item in texts:
+        yield [item] if isinstance(item, str) else list(item)
+
+
+def _learn_with_tokenizers(texts, vocabulary_size, lowercase, strip_accents, report):
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(
+        models.WordPiece(
+            unk_token=UNK_TOKEN,
+            continuing_subword_prefix=SUFFIX_INDICATOR,
+            max_input_chars_per_word=MAX_CHARACTERS_PER_WORD,
+        )
+    )
+    tokenizer.normalizer = normalizers.BertNormalizer(
+        clean_text=True,
+        handle_chinese_chars=True,
+        strip_accents=strip_accents,
+        lowercase=lowercase,
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    word_piece_trainer = trainers.WordPieceTrainer(
+        vocab_size=vocabulary_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        limit_alphabet=ALPHABET_LIMIT,
+        continuing_subword_prefix=SUFFIX_INDICATOR,
+        # Its progress bars draw only on a terminal; the phases are reported as lines instead.
+        show_progress=False,
+    )
+
+    def batches_then_report():
+        yield from _text_batches(texts)
+        report(f"merging word pieces up to {vocabulary_size:,} tokens")
+
+    tokenizer.train_from_iterator(batches_then_report(), trainer=word_piece_trainer)
+    token_ids = tokenizer.get_vocab()
+    vocabulary = sorted(token_ids, key=token_ids.get)
+    if vocabulary[: len(SPECIAL_TOKENS)] != list(SPECIAL_TOKENS):
+        raise AssertionError(f"tokenizers put the special tokens elsewhere: {vocabulary[:5]}")
+    return vocabulary
+
+
+def _learn_with_tensorflow_text(texts, vocabulary_size, lowercase, strip_accents, batch_size, report):
+    from tensorflow_text.tools.wordpiece_vocab import wordpiece_tokenizer_learner_lib as learner
+
+    if isinstance(texts, tf.data.Dataset):
+        batches = texts.batch(batch_size)
+    else:
+        batches = tf.data.Dataset.from_generator(
+            lambda: _text_batches(texts),
+            output_signature=tf.TensorSpec(shape=(None,), dtype=tf.string),
+        )
+    words = batches.map(
         lambda batch: basic_tokenize(batch, lowercase, strip_accents).flat_values,
         num_parallel_calls=tf.data.AUTOTUNE,
     )
-    # Counted here rather than with the learner's `count_words` to show progress on large corpora.
     word_counts = collections.Counter()
-    with tqdm(desc="counting words", unit=" words", unit_scale=True, disable=not progress) as bar:
-        for batch in words.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
-            word_counts.update(batch.tolist())
-            bar.update(len(batch))
+    for batch in words.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+        word_counts.update(batch.tolist())
     if not word_counts:
-        raise ValueError("Expected text to learn a vocabulary from. Received: no words")
+        return list(SPECIAL_TOKENS)
+    report(f"learning word pieces from {len(word_counts):,} distinct words")
     word_counts = [(word.decode("utf-8"), count) for word, count in word_counts.items()]
     vocabulary = learner.learn(
         word_counts,
@@ -441,13 +553,4 @@ def train_vocabulary(
         include_joiner_token=True,
         joiner=SUFFIX_INDICATOR,
     )
-    # The learner keeps every character of the text, alone and as a suffix, so that any word
-    # can be tokenized; a size below that cannot be met, and a larger file than asked for would
-    # be a surprise.
-    if len(vocabulary) > vocabulary_size:
-        raise ValueError(
-            f"Expected vocabulary_size to be at least {len(vocabulary)} for this text: the special "
-            "tokens and every character it holds, alone and as a ## suffix. "
-            f"Received: vocabulary_size={vocabulary_size}"
-        )
     return list(vocabulary)

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kbert.tokenizer import SPECIAL_TOKENS, BertPreprocessor, BertTokenizer, train_vocabulary
+from kbert.tokenizer import (
+    SPECIAL_TOKENS,
+    TRAINERS,
+    BertPreprocessor,
+    BertTokenizer,
+    train_vocabulary,
+)
 
 TINY_VOCABULARY = list(SPECIAL_TOKENS) + ["the", "film", "good", "cliche", "!", ",", "un", "##able", "a"]
 
@@ -287,7 +293,6 @@ def wikitext_vocabulary(shared_data, tmp_path_factory):
     return output
 
 
-@pytest.mark.slow
 def test_vocab_command_puts_special_tokens_first(wikitext_vocabulary):
     vocabulary = wikitext_vocabulary.read_text(encoding="utf-8").splitlines()
     assert vocabulary[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -296,7 +301,6 @@ def test_vocab_command_puts_special_tokens_first(wikitext_vocabulary):
     assert any(token.startswith("##") for token in vocabulary)
 
 
-@pytest.mark.slow
 def test_trained_vocabulary_covers_held_out_text(shared_data, wikitext_vocabulary):
     tokenizer = BertTokenizer(str(wikitext_vocabulary))
     held_out = _read_lines(shared_data / "corpus" / "wikitext2_test.txt")
@@ -306,9 +310,10 @@ def test_trained_vocabulary_covers_held_out_text(shared_data, wikitext_vocabular
     assert unknown_rate < 0.01
 
 
-def test_train_vocabulary_from_a_dataset():
+@pytest.mark.parametrize("trainer", TRAINERS)
+def test_train_vocabulary_from_a_dataset(trainer):
     texts = tf.data.Dataset.from_tensor_slices(["the cat sat on the mat"] * 50 + ["the dog sat"] * 50)
-    vocabulary = train_vocabulary(texts, vocabulary_size=40, progress=False)
+    vocabulary = train_vocabulary(texts, vocabulary_size=40, trainer=trainer, progress=False)
     assert vocabulary[:5] == list(SPECIAL_TOKENS)
     tokenizer = BertTokenizer(vocabulary)
     assert tokenizer.unk_token_id not in tokenizer(["the cat sat on the dog"]).flat_values.numpy()

@@ -123,6 +123,23 @@ def positive_int(text):
     return value
 
 
+_BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def byte_count(text):
+    """An argparse type: a number of bytes, such as `100000000`, `100MB`, `1.5GB` or `64KiB`."""
+    match = re.fullmatch(r"\s*(-?[0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    unit = match and match.group(2).lower()
+    if unit and unit not in _BYTE_UNITS:
+        unit += "b"  # 100M, 64Ki
+    if not match or unit not in _BYTE_UNITS:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of bytes such as 100000000, 100MB or 2GB, got {text!r}"
+        )
+    return int(float(match.group(1)) * _BYTE_UNITS[unit])
+
+
 def positive_float(text):
     """An argparse type: a finite number above 0."""
     try:
