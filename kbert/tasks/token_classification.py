@@ -41,6 +41,9 @@ class TokenClassificationTask(Task):
         from kbert.token_classifier import BertTokenClassifier
 
         num_classes = num_classes or self.settings["num_classes"]
+        # Tags read the sequence output only: the pooler, frozen, gets no optimizer slots (nor
+        # Keras' warning that it has no gradients).
+        backbone.pooled_dense.trainable = False
         return BertTokenClassifier(backbone, num_classes=num_classes, dropout=dropout)
 
     def source_options(self, tag_column=None, tag_scheme=None, label_names=None):
