@@ -4,7 +4,7 @@ that trains from them.
     .txt files / a TFDS split --read documents, in blocks--> blocks of documents
         --tokenize and pack (Beam workers, in parallel)--> fixed-length token-id sequences
         --TFDS' Beam writer--> a TFDS dataset of many shards (TFRecord files)
-    shards --shard order drawn per epoch, a window of shards interleaved, a shuffle buffer-->
+    shards --shard order drawn per epoch, a window of shards interleaved, shuffled in blocks-->
         sequences --batch, [CLS] A [SEP], mask (fresh every epoch)--> batches
 
 Preparation runs on Apache Beam through TFDS' Beam support (`PackedCorpus`), so the same builder
@@ -389,7 +389,7 @@ class PreparedCorpus:
     iterator: the position (epoch, window, sequence within it) follows from the number of
     sequences already trained on and the shard lengths in the dataset's info, so whole windows
     of shards are skipped without being opened and only the current window is read from its
-    start. A tf.data iterator checkpoint would hold the shuffle buffer's sequences (megabytes in
+    start. A tf.data iterator checkpoint would hold the shuffled sequences in memory (megabytes in
     every backup), works with Keras' iterators only on the TensorFlow backend, and ties a backup
     to the pipeline's exact graph.
 
@@ -494,10 +494,10 @@ class PreparedCorpus:
         Args:
             shuffle: the endless, shuffled training stream; without it, one pass over the
                 shards in order (for evaluation and inspection).
-            seed: the seed of the shard orders and shuffle buffers.
+            seed: the seed of the shard orders and of the shuffled blocks.
             input_context: a `tf.distribute.InputContext`: read this pipeline's shards only.
             skip_chunks: start this many sequences into this pipeline's stream.
-            shuffle_buffer_size: sequences in each window's shuffle buffer.
+            shuffle_buffer_size: sequences shuffled together (a block of the window).
             shards_per_window: shards interleaved at a time.
         """
         seed = 0 if seed is None else int(seed)
@@ -526,12 +526,20 @@ class PreparedCorpus:
                 tf.data.TFRecordDataset, cycle_length=shards_per_window, block_length=1,
                 num_parallel_calls=shards_per_window, deterministic=True,
             )
-            window_seed = tf.random.stateless_uniform(
-                [], seed=tf.stack([tf.constant(seed, tf.int64),
-                                   tf.cast(epoch, tf.int64) * num_windows + window_index]),
-                minval=None, maxval=None, dtype=tf.int64,
-            )
-            return records.map(self._decode).shuffle(shuffle_buffer_size, seed=window_seed)
+            window_seed = tf.stack([tf.constant(seed, tf.int64),
+                                    tf.cast(epoch, tf.int64) * num_windows + window_index])
+
+            def shuffle_block(block_index, block):
+                token_ids, lengths = block
+                block_seed = tf.random.experimental.stateless_fold_in(window_seed, block_index)
+                order = tf.argsort(tf.random.stateless_uniform(tf.shape(lengths), seed=block_seed))
+                return tf.gather(token_ids, order), tf.gather(lengths, order)
+
+            # Stateless shuffling of consecutive blocks, rather than tf.data's shuffle buffer,
+            # whose seeds mix in the global seed: each block's order is a function of the seed,
+            # the epoch, the window and the block alone.
+            blocks = records.map(self._decode).batch(shuffle_buffer_size).enumerate()
+            return blocks.map(shuffle_block).unbatch()
 
         def epoch_windows(epoch, first_window=0):
             return tf.data.Dataset.range(first_window, num_windows).flat_map(
