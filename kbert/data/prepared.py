@@ -381,8 +381,8 @@ class PreparedCorpus:
     Training reads an endless stream of epochs. Each epoch draws an order of the shards from
     the seed and the epoch; an input pipeline `p` of `P` (under a distribution strategy) takes
     every `P`-th shard of that order; its shards are read `shards_per_window` at a time,
-    interleaved, through a shuffle buffer whose seed is drawn from the seed, the epoch and the
-    window. The shards themselves were filled in hash order when written, so each is a sample of
+    interleaved, and shuffled in blocks of `shuffle_buffer_size` sequences, each block in an
+    order drawn from the seed, the epoch, the window and the block. The shards themselves were filled in hash order when written, so each is a sample of
     the whole corpus.
 
     Resuming inside an epoch uses this determinism rather than checkpointing tf.data's
@@ -470,7 +470,10 @@ class PreparedCorpus:
         """Where the stream is after `num_chunks` sequences: `(epoch, window, index in window)`."""
         epoch = 0
         while True:
-            lengths = self.shard_lengths[self.pipeline_shards(epoch, seed, pipeline, num_pipelines).numpy()]
+            # Eagerly, also while a pipeline is being traced (inside `flat_map`).
+            with tf.init_scope():
+                shards = self.pipeline_shards(epoch, seed, pipeline, num_pipelines).numpy()
+            lengths = self.shard_lengths[shards]
             if num_chunks < lengths.sum():
                 break
             num_chunks -= int(lengths.sum())
