@@ -131,6 +131,21 @@ def test_pretraining_from_prepared_data_streams_without_a_cache(corpus):
     assert first != second
 
 
+def test_a_prepared_dataset_is_also_read_by_its_tfds_name(corpus, tmp_path):
+    import shutil
+
+    from kbert.data import pretraining_dataset
+
+    shutil.copytree(corpus["prepared"], tmp_path / "my_corpus" / "1.0.0")
+    options = dict(tokenizer=tokenizer_of(corpus["vocabulary"]), batch_size=BATCH_SIZE,
+                   sequence_length=SEQUENCE_LENGTH, seed=2)
+    by_name = pretraining_dataset("my_corpus", data_dir=str(tmp_path), **options)
+    by_directory = pretraining_dataset(str(corpus["prepared"]), **options)
+    for named, direct in zip(by_name.take(3), by_directory.take(3)):
+        np.testing.assert_array_equal(named[0]["token_ids"], direct[0]["token_ids"])
+        np.testing.assert_array_equal(named[1], direct[1])
+
+
 @pytest.mark.slow
 def test_kbert_pretrain_trains_from_a_prepared_directory(corpus, capsys):
     from kbert import cli
