@@ -181,6 +181,25 @@ def test_prepared_data_of_another_vocabulary_or_length_is_refused_in_one_line(co
             in error)
 
 
+@pytest.mark.slow
+def test_a_bad_line_in_a_corpus_file_stops_preparation_in_one_line(corpus, tmp_path, capsys):
+    from kbert import cli
+
+    (tmp_path / "corpus").mkdir()
+    write_corpus(tmp_path / "corpus" / "a.txt", 20, seed=1)
+    (tmp_path / "corpus" / "b.txt").write_bytes(b"the cat sat\n\nthe dog \xff ran\n")
+    output = tmp_path / "prepared"
+    code = cli.main(["prepare", "--input", str(tmp_path / "corpus" / "*.txt"),
+                     "--vocab", str(corpus["vocabulary"]), "--output", str(output),
+                     "--num-workers", "2"])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2
+    assert error == (f"kbert prepare: error: {tmp_path / 'corpus' / 'b.txt'}, line 3: bytes that "
+                     "are not UTF-8 (0xff at column 9)")
+    # Neither the output nor the scratch directory is left behind.
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["corpus"]
+
+
 def test_prepare_without_beam_says_what_to_install(tmp_path):
     script = ("import sys; sys.modules['apache_beam'] = None; from kbert import cli; "
               "sys.exit(cli.main(sys.argv[1:]))")

@@ -242,7 +242,7 @@ def beam_options(num_workers=None, pipeline_options=None):
     num_workers = num_workers or os.cpu_count() or 1
     return PipelineOptions(
         ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
-         f"--direct_num_workers={num_workers}"]
+         f"--direct_num_workers={num_workers}", "--default_sdk_harness_log_level=WARNING"]
     )
 
 
@@ -292,7 +292,6 @@ def prepare_corpus(
     except ImportError:
         raise ValueError("kbert prepare needs Apache Beam: pip install 'kbert[beam]'") from None
     import tensorflow_datasets as tfds
-    from etils import epath
 
     from kbert.tokenizer import BertTokenizer
 
@@ -312,25 +311,7 @@ def prepare_corpus(
         )
     tokenizer = BertTokenizer(vocabulary, lowercase=lowercase, strip_accents=strip_accents)
     tokenizer_config = tokenizer.get_config()
-    tfds_dataset_dir = None
-    if tfds_name is not None:
-        from kbert.data.sources import _named_builder
-
-        source_builder = _named_builder(tfds_name, data_dir, download=True)
-        if text_key not in source_builder.info.features:
-            raise ValueError(f"--tfds {tfds_name} has no feature {text_key!r} (--text-key; features: "
-                             f"{', '.join(source_builder.info.features.keys())})")
-        tfds_dataset_dir = os.fspath(source_builder.data_dir)
-        inputs = [
-            (os.fspath(epath.Path(tfds_dataset_dir) / instruction.filename)
-             if "/" not in instruction.filename else instruction.filename,
-             instruction.skip, instruction.take)
-            for instruction in source_builder.info.splits[split].file_instructions
-        ]
-        described = f"{tfds_name} ({split})"
-    else:
-        inputs = expand_inputs(inputs)
-        described = ", ".join(inputs)
+    inputs, tfds_dataset_dir, described = _resolve_inputs(inputs, tfds_name, split, text_key, data_dir)
     settings = dict(
         vocabulary=os.path.abspath(os.fspath(vocabulary)),
         vocabulary_sha256=vocabulary_hash(tokenizer.vocabulary),
@@ -350,26 +331,95 @@ def prepare_corpus(
         documents_per_block=documents_per_block, tfds_dataset_dir=tfds_dataset_dir,
         text_key=text_key,
     )
-    # TFDS writes into <root>/<name>/<config>/<version>; the version directory becomes `output`.
-    root = f"{output.rstrip('/')}.incomplete-{os.getpid()}"
-    builder = builder_class(config=config, data_dir=root)
     options = beam_options(num_workers, pipeline_options)
     runner = options.get_all_options().get("runner") or "DirectRunner"
     where = f"{num_workers or os.cpu_count()} local worker processes" if not pipeline_options else runner
     log(f"Preparing {len(inputs)} input{'s' if len(inputs) > 1 else ''} on Beam ({where}) "
         f"for --sequence-length {sequence_length}")
     start = time.monotonic()
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(
-            beam_options=options, num_shards=num_shards, min_shard_size=MIN_SHARD_SIZE
-        )
-    )
-    epath.Path(builder.data_dir).rename(output)
-    tf.io.gfile.rmtree(root)
+    _run_builder(builder_class(config=config, data_dir=_scratch_root(output)), output,
+                 tfds.download.DownloadConfig(
+                     beam_options=options, num_shards=num_shards, min_shard_size=MIN_SHARD_SIZE
+                 ))
     prepared = PreparedCorpus(output)
     log(f"Wrote {prepared.num_sequences} sequences in {prepared.num_shards} shards to {output} "
         f"in {time.monotonic() - start:.1f} s")
     return prepared
+
+
+def _resolve_inputs(inputs, tfds_name, split, text_key, data_dir):
+    """`(inputs, tfds_dataset_dir, description)`: files, or a TFDS split's (file, skip, take)."""
+    if tfds_name is None:
+        inputs = expand_inputs(inputs)
+        return inputs, None, ", ".join(inputs)
+    from etils import epath
+
+    from kbert.data.sources import _named_builder
+
+    builder = _named_builder(tfds_name, data_dir, download=True)
+    if text_key not in builder.info.features:
+        raise ValueError(f"--tfds {tfds_name} has no feature {text_key!r} (--text-key; features: "
+                         f"{', '.join(builder.info.features.keys())})")
+    dataset_dir = os.fspath(builder.data_dir)
+    inputs = [
+        (os.fspath(epath.Path(dataset_dir) / instruction.filename)
+         if "/" not in instruction.filename else instruction.filename,
+         instruction.skip, instruction.take)
+        for instruction in builder.info.splits[split].file_instructions
+    ]
+    return inputs, dataset_dir, f"{tfds_name} ({split})"
+
+
+def _scratch_root(output):
+    # TFDS writes into <root>/<name>/<config>/<version>; the version directory becomes `output`.
+    return f"{output.rstrip('/')}.incomplete-{os.getpid()}"
+
+
+def _run_builder(builder, output, download_config):
+    """Runs the Beam pipeline and moves the dataset to `output`; scratch files go either way.
+
+    A worker's error reaches here inside the runner's report of the failed pipeline; a
+    `ValueError` or `OSError` of kbert's reading (naming the file and line) is raised again
+    as the one line it was.
+    """
+    import logging
+
+    from etils import epath
+
+    root = builder.data_dir_root
+    # The local runner also logs each worker's traceback; the error is raised below either way.
+    job_log = logging.getLogger("apache_beam.runners.portability.local_job_service")
+    job_log_level = job_log.level
+    job_log.setLevel(logging.CRITICAL)
+    try:
+        builder.download_and_prepare(download_config=download_config)
+        epath.Path(builder.data_dir).rename(output)
+    except Exception as error:  # the runners wrap workers' errors in their own types
+        cause = _worker_error(error)
+        if cause is None:
+            raise
+        raise cause from None
+    finally:
+        job_log.setLevel(job_log_level)
+        if tf.io.gfile.exists(root):
+            tf.io.gfile.rmtree(root)
+
+
+_WORKER_ERRORS = {"ValueError": ValueError, "FileNotFoundError": FileNotFoundError,
+                  "UnicodeDecodeError": ValueError}
+
+
+def _worker_error(error):
+    """The first error of kbert's reading named in a failed pipeline's report, or `None`."""
+    import re
+
+    if isinstance(error, (ValueError, OSError)) and not isinstance(error, RuntimeError):
+        return error
+    match = re.search(r"\b(ValueError|FileNotFoundError|UnicodeDecodeError): (.+?)(?: \[while running|$|\n)",
+                      str(error), flags=re.MULTILINE)
+    if match is None:
+        return None
+    return _WORKER_ERRORS[match.group(1)](match.group(2).strip().strip("'\""))
 
 
 # === Reading ===
