@@ -146,6 +146,33 @@ def test_a_prepared_dataset_is_also_read_by_its_tfds_name(corpus, tmp_path):
         np.testing.assert_array_equal(named[1], direct[1])
 
 
+def test_input_pipelines_share_out_the_shards_of_each_epoch(corpus):
+    import itertools
+
+    import tensorflow as tf
+
+    from kbert.data.prepared import PreparedCorpus
+
+    prepared = PreparedCorpus(corpus["prepared"])
+    everything = collections.Counter(tuple(ids) for ids, _ in prepared.chunks(shuffle=False)
+                                     .as_numpy_iterator())
+    for epoch in (0, 1):
+        shared = collections.Counter()
+        for pipeline in (0, 1):
+            context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline,
+                                                 num_replicas_in_sync=2)
+            shards = prepared.pipeline_shards(epoch, seed=4, pipeline=pipeline, num_pipelines=2)
+            lengths = prepared.shard_lengths[shards.numpy()]
+            assert len(lengths) == NUM_SHARDS // 2
+            before = sum(prepared.shard_lengths[prepared.pipeline_shards(
+                earlier, seed=4, pipeline=pipeline, num_pipelines=2).numpy()].sum()
+                for earlier in range(epoch))
+            stream = prepared.chunks(seed=4, input_context=context, skip_chunks=int(before))
+            shared.update(tuple(ids) for ids, _ in itertools.islice(
+                stream.as_numpy_iterator(), int(lengths.sum())))
+        assert shared == everything
+
+
 @pytest.mark.slow
 def test_kbert_pretrain_trains_from_a_prepared_directory(corpus, capsys):
     from kbert import cli

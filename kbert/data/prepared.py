@@ -29,6 +29,7 @@ import time
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 VERSION = "1.0.0"
 # Documents packed together; each block is one unit of parallel work.
@@ -118,8 +119,6 @@ class _DocumentBlocks:
             for _, document in read_documents(source):
                 yield document
             return
-        import tensorflow_datasets as tfds
-
         features = tfds.builder_from_directory(self.tfds_dataset_dir).info.features
         path, skip, take = source
         records = tf.data.TFRecordDataset(path).skip(skip)
@@ -163,70 +162,64 @@ class _TokenizeAndPack:
             yield f"{input_index}/{block_index}/{chunk_index}", {"token_ids": chunk}
 
 
-def _builder_class():
-    """`PackedCorpus`, defined on first use: importing TFDS takes seconds."""
-    import tensorflow_datasets as tfds
+class PackedCorpusConfig(tfds.core.BuilderConfig):
+    """What a `PackedCorpus` reads and how it tokenizes and packs it."""
 
-    class PackedCorpusConfig(tfds.core.BuilderConfig):
-        """What a `PackedCorpus` reads and how it tokenizes and packs it."""
+    def __init__(self, *, inputs, settings, vocabulary, documents_per_block,
+                 tfds_dataset_dir=None, text_key="text", **kwargs):
+        super().__init__(**kwargs)
+        self.inputs = inputs
+        self.settings = settings
+        self.vocabulary = vocabulary
+        self.documents_per_block = documents_per_block
+        self.tfds_dataset_dir = tfds_dataset_dir
+        self.text_key = text_key
 
-        def __init__(self, *, inputs, settings, vocabulary, documents_per_block,
-                     tfds_dataset_dir=None, text_key="text", **kwargs):
-            super().__init__(**kwargs)
-            self.inputs = inputs
-            self.settings = settings
-            self.vocabulary = vocabulary
-            self.documents_per_block = documents_per_block
-            self.tfds_dataset_dir = tfds_dataset_dir
-            self.text_key = text_key
+class PackedCorpus(tfds.core.GeneratorBasedBuilder):
+    """A corpus as fixed-length token-id sequences (feature `token_ids`), prepared with Beam.
 
-    class PackedCorpus(tfds.core.GeneratorBasedBuilder):
-        """A corpus as fixed-length token-id sequences (feature `token_ids`), prepared with Beam.
+    `_generate_examples` returns a Beam `PTransform`: inputs are read into blocks of
+    documents, the blocks spread over the workers (`Reshuffle`), and each worker
+    tokenizes and packs its blocks. TFDS' Beam writer spreads the sequences over the
+    shards by a hash of their keys, so every shard is a sample of the whole corpus.
+    """
 
-        `_generate_examples` returns a Beam `PTransform`: inputs are read into blocks of
-        documents, the blocks spread over the workers (`Reshuffle`), and each worker
-        tokenizes and packs its blocks. TFDS' Beam writer spreads the sequences over the
-        shards by a hash of their keys, so every shard is a sample of the whole corpus.
-        """
+    VERSION = tfds.core.Version(VERSION)
+    RELEASE_NOTES = {str(VERSION): "First release."}
+    BUILDER_CONFIGS = []
+    # No files beside the code to find (see kbert.data.builders.LocalFilesBuilder).
+    code_path = None
 
-        VERSION = tfds.core.Version(VERSION)
-        RELEASE_NOTES = {str(VERSION): "First release."}
-        BUILDER_CONFIGS = []
-        # No files beside the code to find (see kbert.data.builders.LocalFilesBuilder).
-        code_path = None
+    def _info(self):
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict(
+                {"token_ids": tfds.features.Tensor(shape=(None,), dtype=np.int32)}
+            ),
+            metadata=tfds.core.MetadataDict({_METADATA_KEY: self.builder_config.settings}),
+        )
 
-        def _info(self):
-            return self.dataset_info_from_configs(
-                features=tfds.features.FeaturesDict(
-                    {"token_ids": tfds.features.Tensor(shape=(None,), dtype=np.int32)}
-                ),
-                metadata=tfds.core.MetadataDict({_METADATA_KEY: self.builder_config.settings}),
+    def _split_generators(self, dl_manager):
+        del dl_manager  # the inputs are read by the workers
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        beam = tfds.core.lazy_imports.apache_beam
+        config = self.builder_config
+        return (
+            beam.Create(list(enumerate(config.inputs)))
+            | "ReadDocuments" >> beam.FlatMap(
+                _DocumentBlocks(config.documents_per_block, config.tfds_dataset_dir, config.text_key)
             )
-
-        def _split_generators(self, dl_manager):
-            del dl_manager  # the inputs are read by the workers
-            return {"train": self._generate_examples()}
-
-        def _generate_examples(self):
-            beam = tfds.core.lazy_imports.apache_beam
-            config = self.builder_config
-            return (
-                beam.Create(list(enumerate(config.inputs)))
-                | "ReadDocuments" >> beam.FlatMap(
-                    _DocumentBlocks(config.documents_per_block, config.tfds_dataset_dir, config.text_key)
-                )
-                | "SpreadBlocks" >> beam.Reshuffle()
-                | "TokenizeAndPack" >> beam.FlatMap(
-                    _TokenizeAndPack(
-                        config.vocabulary,
-                        config.settings["lowercase"],
-                        config.settings["strip_accents"],
-                        config.settings["chunk_length"],
-                    )
+            | "SpreadBlocks" >> beam.Reshuffle()
+            | "TokenizeAndPack" >> beam.FlatMap(
+                _TokenizeAndPack(
+                    config.vocabulary,
+                    config.settings["lowercase"],
+                    config.settings["strip_accents"],
+                    config.settings["chunk_length"],
                 )
             )
-
-    return PackedCorpus, PackedCorpusConfig
+        )
 
 
 def beam_options(num_workers=None, pipeline_options=None):
@@ -291,8 +284,6 @@ def prepare_corpus(
         import apache_beam  # noqa: F401
     except ImportError:
         raise ValueError("kbert prepare needs Apache Beam: pip install 'kbert[beam]'") from None
-    import tensorflow_datasets as tfds
-
     from kbert.tokenizer import BertTokenizer
 
     if (inputs is None) == (tfds_name is None):
@@ -324,8 +315,7 @@ def prepare_corpus(
         documents_per_block=documents_per_block,
         source=described,
     )
-    builder_class, config_class = _builder_class()
-    config = config_class(
+    config = PackedCorpusConfig(
         name="packed", version=VERSION, description=f"Token-id sequences of {described}",
         inputs=inputs, settings=settings, vocabulary=tokenizer.vocabulary,
         documents_per_block=documents_per_block, tfds_dataset_dir=tfds_dataset_dir,
@@ -337,7 +327,7 @@ def prepare_corpus(
     log(f"Preparing {len(inputs)} input{'s' if len(inputs) > 1 else ''} on Beam ({where}) "
         f"for --sequence-length {sequence_length}")
     start = time.monotonic()
-    _run_builder(builder_class(config=config, data_dir=_scratch_root(output)), output,
+    _run_builder(PackedCorpus(config=config, data_dir=_scratch_root(output)), output,
                  tfds.download.DownloadConfig(
                      beam_options=options, num_shards=num_shards, min_shard_size=MIN_SHARD_SIZE
                  ))
@@ -453,8 +443,6 @@ class PreparedCorpus:
     """
 
     def __init__(self, directory, split="train", builder=None):
-        import tensorflow_datasets as tfds
-
         self.directory = os.fspath(directory)
         self.builder = builder or tfds.builder_from_directory(self.directory)
         self.settings = dict(self.builder.info.metadata[_METADATA_KEY])
@@ -631,13 +619,11 @@ def open_prepared(source, split="train", data_dir=None):
                 f"{path} is a directory but not a prepared dataset (no dataset_info.json; see "
                 "kbert prepare); give .txt files or the directory kbert prepare --output wrote"
             )
-        corpus = PreparedCorpus(path, split=_base_split(split, path))
-        return corpus
+        return PreparedCorpus(path, split=_base_split(split, path))
     from kbert.data.sources import is_local
 
     if is_local(path):
         return None
-    import tensorflow_datasets as tfds
     from tensorflow_datasets.core import read_only_builder
 
     try:

@@ -361,9 +361,11 @@ def pretraining_dataset(
     )
     separator = tf.constant([[tokenizer.sep_token_id]], tf.int32)
 
-    from kbert.data.prepared import open_prepared
+    prepared = None
+    if not isinstance(source, tf.data.Dataset):
+        from kbert.data.prepared import open_prepared
 
-    prepared = None if isinstance(source, tf.data.Dataset) else open_prepared(source, split, data_dir)
+        prepared = open_prepared(source, split, data_dir)
     if prepared is not None:
         prepared.check(tokenizer, sequence_length, next_sentence_prediction)
         chunks = prepared.chunks(
