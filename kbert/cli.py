@@ -14,6 +14,7 @@ import sys
 # Subcommands in the order `kbert --help` lists them.
 COMMANDS = (
     "vocab",
+    "prepare",
     "pretrain",
     "finetune",
     "evaluate",

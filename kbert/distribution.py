@@ -111,7 +111,10 @@ class Distribution:
                 `dataset_fn(input_context)` returning a dataset of per-replica batches
                 (`input_context.get_per_replica_batch_size(global_batch_size)`), sharded
                 with `input_context.num_input_pipelines` and `input_context.input_pipeline_id`.
-            skip_batches: how many global batches to skip, for resuming a run.
+            skip_batches: how many global batches to skip, for resuming a run. A dataset
+                function with a `skip_batches` parameter is given this pipeline's share and
+                returns its stream already there (positioned without reading what it skips);
+                any other is repeated and skipped through.
             repeat: repeat the data forever before skipping (training data).
         """
         if callable(data) and not _is_dataset(data):
@@ -147,14 +150,19 @@ class Distribution:
             # only warn about the TFDS methods it cannot read).
             @tf.autograph.experimental.do_not_convert
             def fresh_stream(_):
+                # Each pipeline serves this many replicas per global step.
+                replicas_per_pipeline = (
+                    input_context.num_replicas_in_sync // input_context.num_input_pipelines
+                )
+                if skip_batches and _skips_batches(dataset_fn):
+                    dataset = dataset_fn(
+                        input_context, skip_batches=skip_batches * replicas_per_pipeline
+                    )
+                    return dataset.repeat() if repeat else dataset
                 dataset = dataset_fn(input_context)
                 if repeat:
                     dataset = dataset.repeat()
                 if skip_batches:
-                    # Each pipeline serves this many replicas per global step.
-                    replicas_per_pipeline = (
-                        input_context.num_replicas_in_sync // input_context.num_input_pipelines
-                    )
                     dataset = dataset.skip(skip_batches * replicas_per_pipeline)
                 return dataset
 
@@ -171,6 +179,16 @@ class Distribution:
         if self.tf_strategy is not None:
             return self.tf_strategy.distribute_datasets_from_function(per_pipeline_dataset)
         return per_pipeline_dataset(self.input_context())
+
+
+def _skips_batches(dataset_fn):
+    """Whether a dataset function positions its stream itself (a `skip_batches` parameter)."""
+    import inspect
+
+    try:
+        return "skip_batches" in inspect.signature(dataset_fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def make_distribution(

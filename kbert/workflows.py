@@ -29,7 +29,8 @@ def pretrain(output_dir, vocabulary, source, num_train_steps, **options):
     Args:
         output_dir: the model directory to write (resumes a killed run found there).
         vocabulary: the `vocab.txt` to tokenize with (see `kbert vocab`).
-        source: `.txt` file(s) or a TFDS dataset name (the data's `train`).
+        source: `.txt` file(s) or a TFDS dataset name (the data's `train`), or a corpus
+            `kbert prepare` wrote (its directory or TFDS name).
         num_train_steps: training steps (batches).
         **options: e.g. `size` ("mini"), `sequence_length` (128), `batch_size` (32),
             `learning_rate` (1e-4 here), `validation`, `validation_split` (without

@@ -10,8 +10,10 @@ HELP = "Pretrain a BERT masked LM from scratch on .txt files or a TFDS dataset."
 def add_arguments(parser):
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", nargs="+", metavar="FILE",
-                        help=".txt files; blank lines and '= Title =' lines separate documents")
-    source.add_argument("--tfds", metavar="NAME", help="a TFDS dataset, e.g. wikipedia/20230601.en")
+                        help=".txt files (blank lines and '= Title =' lines separate documents), "
+                             "or the directory kbert prepare wrote")
+    source.add_argument("--tfds", metavar="NAME",
+                        help="a TFDS dataset, e.g. wikipedia/20230601.en, or a prepared one")
     parser.add_argument("--split", dest="train_split", default="train",
                         help="TFDS split (default: train)")
     parser.add_argument("--text-key", default="text", help="TFDS text feature (default: text)")

@@ -8,6 +8,10 @@ Chunks are cut from the concatenated token stream, so every sequence is full exc
 one of the stream: no padding is wasted on short documents (RoBERTa's FULL-SENTENCES packing,
 with [SEP] marking document ends). Masking happens after the cache, so each epoch masks each
 sequence anew (RoBERTa's dynamic masking).
+
+A corpus prepared by `kbert prepare` (`kbert.data.prepared`) skips the first two steps: its
+chunks stream from many shards, shuffled across them, with no cache, and the same batches,
+masks and next-sentence pairs follow.
 """
 
 import numpy as np
@@ -246,8 +250,20 @@ def _cut_into_chunks(blocks, chunk_length):
     return chunks.unbatch()
 
 
-def _batch_seeds(shuffle, seed):
-    """A dataset of one stateless (2,) seed per batch, for the masks and the pairing."""
+def _batch_seeds(shuffle, seed, first_batch=None, pipeline=0):
+    """A dataset of one stateless (2,) seed per batch, for the masks and the pairing.
+
+    With `first_batch` (a prepared corpus' stream), batch `b`'s seed is a function of the seed,
+    the input pipeline and `b` alone, so a stream that starts at `first_batch` masks as the
+    whole stream would from there.
+    """
+    if first_batch is not None:
+        base = tf.random.experimental.stateless_fold_in(
+            tf.constant([seed or 0, 0], tf.int64), pipeline
+        )
+        return tf.data.Dataset.counter(first_batch).map(
+            lambda index: tf.random.experimental.stateless_fold_in(base, index)
+        )
     if shuffle:
         # Different every epoch, reproducible from `seed`.
         return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
@@ -278,12 +294,14 @@ def pretraining_dataset(
     cache=True,
     drop_remainder=False,
     input_context=None,
+    skip_batches=0,
 ):
     """Packed, dynamically masked batches for `BertMaskedLM`.
 
     Args:
         source: `.txt` file(s), a TFDS dataset name, or a `tf.data.Dataset` of documents (see
-            `kbert.data.load_documents`).
+            `kbert.data.load_documents`); or a corpus `kbert prepare` wrote (its directory, or
+            the name of a prepared TFDS dataset), read as an endless stream when shuffled.
         tokenizer: a `BertTokenizer`.
         batch_size: the global batch size (divided among replicas under `input_context`).
         sequence_length: tokens per sequence, [CLS] and [SEP] included.
@@ -307,7 +325,11 @@ def pretraining_dataset(
             so later epochs do not tokenize again.
         drop_remainder: drop the last, smaller batch (for static batch shapes).
         input_context: a `tf.distribute.InputContext`: this worker reads its share of the
-            documents and batches `input_context.get_per_replica_batch_size(batch_size)`.
+            documents (of a prepared corpus: of its shards) and batches
+            `input_context.get_per_replica_batch_size(batch_size)`.
+        skip_batches: start this many batches into the endless training stream (the data
+            repeated), for resuming a run. A prepared corpus skips whole shards unread and
+            reads only the rest of the current window of shards; text is read from the start.
 
     Returns:
         `tf.data.Dataset` of `(x, y, sample_weight)`. `x` holds int32 `token_ids`, `segment_ids`,
@@ -339,6 +361,30 @@ def pretraining_dataset(
     )
     separator = tf.constant([[tokenizer.sep_token_id]], tf.int32)
 
+    prepared = None
+    if not isinstance(source, tf.data.Dataset):
+        from kbert.data.prepared import open_prepared
+
+        prepared = open_prepared(source, split, data_dir)
+    if prepared is not None:
+        prepared.check(tokenizer, sequence_length, next_sentence_prediction)
+        chunks = prepared.chunks(
+            shuffle=shuffle, seed=seed, input_context=input_context,
+            skip_chunks=skip_batches * batch_size, shuffle_buffer_size=shuffle_buffer_size,
+        )
+        # The shuffled stream is endless, so every batch is full and a resumed stream's batches
+        # line up with the uninterrupted one's.
+        batches = chunks.batch(batch_size, drop_remainder=drop_remainder or shuffle)
+        pipeline = input_context.input_pipeline_id if input_context is not None else 0
+        seeds = _batch_seeds(shuffle, seed, first_batch=skip_batches if shuffle else None,
+                             pipeline=pipeline)
+        if not shuffle:
+            seeds = seeds.skip(skip_batches)
+        return _masked_batches(
+            tf.data.Dataset.zip(batches, seeds), preprocessor, masker,
+            next_sentence_prediction, input_context,
+        )
+
     def tokenize(documents):
         token_ids = tokenizer(documents)
         token_ids = tf.ragged.boolean_mask(token_ids, token_ids.row_lengths() > 0)
@@ -360,6 +406,13 @@ def pretraining_dataset(
         chunks = chunks.shuffle(shuffle_buffer_size, seed=seed)
     batches = chunks.batch(batch_size, drop_remainder=drop_remainder)
     batches = tf.data.Dataset.zip(batches, _batch_seeds(shuffle, seed))
+    if skip_batches:
+        batches = batches.repeat().skip(skip_batches)
+    return _masked_batches(batches, preprocessor, masker, next_sentence_prediction, input_context)
+
+
+def _masked_batches(batches, preprocessor, masker, next_sentence_prediction, input_context):
+    """`(x, y, sample_weight)` of `((chunks, lengths), seed)` batches: packed and masked."""
 
     def make_example(chunk_batch, seed):
         chunks, lengths = chunk_batch

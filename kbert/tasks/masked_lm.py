@@ -46,10 +46,11 @@ class MaskedLMTask(Task):
             text_key=data.text_key, data_dir=data.data_dir,
         )
 
-        def train_data(input_context=None):
+        def train_data(input_context=None, skip_batches=0):
+            # A prepared corpus resumes by position; text is read through from the start.
             return pretraining_dataset(
                 data.train, split=data.train_split, seed=seed, input_context=input_context,
-                **data_options
+                skip_batches=skip_batches, **data_options
             )
 
         def validation_data(input_context=None):
