@@ -14,12 +14,13 @@ import collections
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+
+from test_training_fault_tolerance import kill_at_step, latest_backup_step
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 WORDS = ["the", "cat", "sat", "on", "mat", "dog", "ran", "un", "##believ", "##able", ".", "a"]
@@ -300,18 +301,8 @@ def test_a_run_killed_mid_epoch_of_prepared_data_resumes_to_the_uninterrupted_we
     # A data epoch is longer than the kill step, so the run is killed inside one.
     assert PreparedCorpus(corpus["prepared"]).num_sequences // BATCH_SIZE > KILL_AFTER_STEP + 1
     uninterrupted = start_run(corpus, tmp_path / "uninterrupted")
-    killed = start_run(corpus, tmp_path / "killed", step_delay_seconds=0.2)
-    try:
-        for line in killed.stdout:
-            if line.strip() == f"step {KILL_AFTER_STEP}":
-                os.kill(killed.pid, signal.SIGKILL)
-                break
-        killed.wait(timeout=60)
-    finally:
-        if killed.poll() is None:
-            killed.kill()
-    assert killed.returncode == -signal.SIGKILL
-    backup_step = json.loads((tmp_path / "killed" / "backup" / "latest.json").read_text())["step"]
+    kill_at_step(start_run(corpus, tmp_path / "killed", step_delay_seconds=0.2), KILL_AFTER_STEP)
+    backup_step = latest_backup_step(tmp_path / "killed")
     assert backup_step % BACKUP_EVERY == 0 and KILL_AFTER_STEP - 2 <= backup_step < NUM_TRAIN_STEPS
     assert backup_step % STEPS_PER_EPOCH, "the kill should land inside a training epoch"
 

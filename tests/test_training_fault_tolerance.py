@@ -47,21 +47,30 @@ def finish(process, timeout=600):
 
 @pytest.mark.slow
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the run reports steps on TF")
+def kill_at_step(process, step):
+    """SIGKILLs `process` (a training run printing `step N` lines) once it has printed `step`."""
+    try:
+        for line in process.stdout:
+            if line.strip() == f"step {step}":
+                os.kill(process.pid, signal.SIGKILL)
+                break
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == -signal.SIGKILL
+
+
+def latest_backup_step(output_dir):
+    """The step of the run's newest backup."""
+    with open(os.path.join(output_dir, "backup", "latest.json"), encoding="utf-8") as file:
+        return json.load(file)["step"]
+
+
 def test_a_run_killed_mid_training_resumes_to_the_uninterrupted_weights(tmp_path):
     uninterrupted = start_run(tmp_path / "uninterrupted")
-    killed = start_run(tmp_path / "killed", step_delay_seconds=0.2)
-    try:
-        for line in killed.stdout:
-            if line.strip() == f"step {KILL_AFTER_STEP}":
-                os.kill(killed.pid, signal.SIGKILL)
-                break
-        killed.wait(timeout=60)
-    finally:
-        if killed.poll() is None:
-            killed.kill()
-    assert killed.returncode == -signal.SIGKILL
-    with open(tmp_path / "killed" / "backup" / "latest.json", encoding="utf-8") as file:
-        backup_step = json.load(file)["step"]
+    kill_at_step(start_run(tmp_path / "killed", step_delay_seconds=0.2), KILL_AFTER_STEP)
+    backup_step = latest_backup_step(tmp_path / "killed")
     # Backups every 3 steps: the kill landed after step 11, so the last one is from step 9,
     # or a little later on a busy machine; either way mid-training.
     assert backup_step % BACKUP_EVERY == 0 and KILL_AFTER_STEP - 2 <= backup_step < NUM_TRAIN_STEPS
