@@ -88,7 +88,7 @@ def expand_inputs(patterns):
         else:
             matches = sorted(path for path in glob.glob(pattern) if os.path.isfile(path))
         if not matches:
-            raise ValueError(f"--input {pattern}: no file matches")
+            raise ValueError(f"{pattern}: no file matches (input)")
         paths.extend(matches)
     return paths
 
@@ -291,7 +291,7 @@ def prepare_corpus(
                          f"inputs={inputs!r}, tfds_name={tfds_name!r}")
     output = os.fspath(output)
     if tf.io.gfile.exists(output):
-        raise FileExistsError(f"--output {output} exists; choose another directory or delete it")
+        raise FileExistsError(f"{output} exists (output); choose another directory or delete it")
     chunk_length = chunk_length_for(sequence_length, next_sentence_prediction)
     if chunk_length < 2:
         raise ValueError(f"Expected sequence_length above {sequence_length - chunk_length + 1}. "
@@ -348,7 +348,7 @@ def _resolve_inputs(inputs, tfds_name, split, text_key, data_dir):
 
     builder = _named_builder(tfds_name, data_dir, download=True)
     if text_key not in builder.info.features:
-        raise ValueError(f"--tfds {tfds_name} has no feature {text_key!r} (--text-key; features: "
+        raise ValueError(f"TFDS dataset {tfds_name} has no feature {text_key!r} (text_key; features: "
                          f"{', '.join(builder.info.features.keys())})")
     dataset_dir = os.fspath(builder.data_dir)
     inputs = [
@@ -548,7 +548,7 @@ class PreparedCorpus:
         if num_pipelines > self.num_shards:
             raise ValueError(
                 f"{self.directory} has {self.num_shards} shards, fewer than the "
-                f"{num_pipelines} input pipelines; prepare it again with --num-shards "
+                f"{num_pipelines} input pipelines; prepare it again with num_shards "
                 f"{num_pipelines} or more"
             )
         if not shuffle:
@@ -617,7 +617,7 @@ def open_prepared(source, split="train", data_dir=None):
         if not os.path.isfile(os.path.join(path, "dataset_info.json")):
             raise ValueError(
                 f"{path} is a directory but not a prepared dataset (no dataset_info.json; see "
-                "kbert prepare); give .txt files or the directory kbert prepare --output wrote"
+                "kbert prepare); give .txt files or the output directory of kbert prepare"
             )
         return PreparedCorpus(path, split=_base_split(split, path))
     from kbert.data.sources import is_local
