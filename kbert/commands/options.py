@@ -78,6 +78,26 @@ def training_options(args):
     )
 
 
+def add_corpus_arguments(parser, input_help, tfds_help, split_dest="split"):
+    """The flags of a text corpus and its tokenizer, shared by `kbert pretrain` and `kbert prepare`.
+
+    `--input` or `--tfds` (one required), the TFDS split, text feature and data directory, the
+    vocabulary and its casing.
+    """
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", nargs="+", metavar="FILE", help=input_help)
+    source.add_argument("--tfds", metavar="NAME", help=tfds_help)
+    parser.add_argument("--split", dest=split_dest, default="train", help="TFDS split (default: train)")
+    parser.add_argument("--text-key", default="text", help="TFDS text feature (default: text)")
+    parser.add_argument("--data-dir", default=None, help="TFDS data directory")
+    parser.add_argument("--vocabulary", "--vocab", dest="vocabulary", required=True, metavar="FILE",
+                        help="vocab.txt (see kbert vocab)")
+    parser.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=True,
+                        help="lowercase text, for an uncased vocabulary (default: yes)")
+    parser.add_argument("--strip-accents", action=argparse.BooleanOptionalAction, default=None,
+                        help="remove accents (default: as --lowercase)")
+
+
 def add_column_arguments(parser):
     group = parser.add_argument_group("columns (for files other than a GLUE task's)")
     group.add_argument("--text-column", default=None,

@@ -1,27 +1,17 @@
 """`kbert prepare`: tokenize and pack a corpus into a sharded dataset, on Apache Beam."""
 
-import argparse
-
 from kbert.commands import options
 
 HELP = "Tokenize and pack a corpus into sharded token-id sequences (Apache Beam) for kbert pretrain."
 
 
 def add_arguments(parser):
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", nargs="+", metavar="FILE",
-                        help=".txt files or glob patterns ('corpus/*.txt', gs://...); blank lines "
-                             "and '= Title =' lines separate documents")
-    source.add_argument("--tfds", metavar="NAME", help="a TFDS dataset, e.g. wikipedia/20230601.en")
-    parser.add_argument("--split", default="train", help="TFDS split (default: train)")
-    parser.add_argument("--text-key", default="text", help="TFDS text feature (default: text)")
-    parser.add_argument("--data-dir", default=None, help="TFDS data directory")
-    parser.add_argument("--vocabulary", "--vocab", dest="vocabulary", required=True, metavar="FILE",
-                        help="vocab.txt (see kbert vocab)")
-    parser.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=True,
-                        help="lowercase text, for an uncased vocabulary (default: yes)")
-    parser.add_argument("--strip-accents", action=argparse.BooleanOptionalAction, default=None,
-                        help="remove accents (default: as --lowercase)")
+    options.add_corpus_arguments(
+        parser,
+        input_help=".txt files or glob patterns ('corpus/*.txt', gs://...); blank lines "
+                   "and '= Title =' lines separate documents",
+        tfds_help="a TFDS dataset, e.g. wikipedia/20230601.en",
+    )
     parser.add_argument("--sequence-length", type=options.positive_int, default=128,
                         help="tokens per sequence, [CLS] and [SEP] included (default: 128)")
     parser.add_argument("--next-sentence-prediction", action="store_true",

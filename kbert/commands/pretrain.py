@@ -1,29 +1,18 @@
 """`kbert pretrain`: pretrain a BERT masked LM on your own text."""
 
-import argparse
-
 from kbert.commands import options
 
 HELP = "Pretrain a BERT masked LM from scratch on .txt files or a TFDS dataset."
 
 
 def add_arguments(parser):
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", nargs="+", metavar="FILE",
-                        help=".txt files (blank lines and '= Title =' lines separate documents), "
-                             "or the directory kbert prepare wrote")
-    source.add_argument("--tfds", metavar="NAME",
-                        help="a TFDS dataset, e.g. wikipedia/20230601.en, or a prepared one")
-    parser.add_argument("--split", dest="train_split", default="train",
-                        help="TFDS split (default: train)")
-    parser.add_argument("--text-key", default="text", help="TFDS text feature (default: text)")
-    parser.add_argument("--data-dir", default=None, help="TFDS data directory")
-    parser.add_argument("--vocabulary", "--vocab", dest="vocabulary", required=True, metavar="FILE",
-                        help="vocab.txt (see kbert vocab)")
-    parser.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=True,
-                        help="lowercase text, for an uncased vocabulary (default: yes)")
-    parser.add_argument("--strip-accents", action=argparse.BooleanOptionalAction, default=None,
-                        help="remove accents (default: as --lowercase)")
+    options.add_corpus_arguments(
+        parser,
+        input_help=".txt files (blank lines and '= Title =' lines separate documents), "
+                   "or the directory kbert prepare wrote",
+        tfds_help="a TFDS dataset, e.g. wikipedia/20230601.en, or a prepared one",
+        split_dest="train_split",
+    )
     parser.add_argument("--size", default="mini",
                         help="tiny, mini, small, medium, base, large or L{layers}_H{hidden} (default: mini)")
     parser.add_argument("--steps", dest="num_train_steps", type=options.positive_int, required=True,
