@@ -16,7 +16,7 @@ import math
 import random
 import sys
 
-# 100 MB: a minute or so of learning on 2 cores with `tokenizers` (docs/data.md has the figures).
+# Sized for minutes of learning with `tokenizers`, not hours (docs/data.md has the figures).
 DEFAULT_SAMPLE_BYTES = 100_000_000
 
 # Text is read in windows of this size: small enough that even a 100 MB sample of a big file is
