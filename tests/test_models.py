@@ -475,38 +475,36 @@ def test_one_encoder_block_matches_numpy():
 
 # === Weights move between backends ===
 
-_SAVE_SCRIPT = textwrap.dedent(
+# One script per hop: load and check what the previous backend saved, then save weights of
+# its own (a new seed) for the next. A ring of four processes covers three pairs of backends.
+_HOP_SCRIPT = textwrap.dedent(
     """
     import sys, numpy as np, keras, kbert
     sys.path.insert(0, "tests")
     from test_models import build, masked_lm_inputs
-    keras.utils.set_random_seed(5)
-    model = build("masked_lm")
-    model.save_weights(sys.argv[1] + "/model.weights.h5")
-    outputs = keras.ops.convert_to_numpy(model.predict(masked_lm_inputs(), verbose=0))
-    np.save(sys.argv[1] + "/outputs.npy", outputs)
-    """
-)
-_LOAD_SCRIPT = textwrap.dedent(
-    """
-    import sys, numpy as np, keras, kbert
-    sys.path.insert(0, "tests")
-    from test_models import build, masked_lm_inputs
-    model = build("masked_lm")
-    model.load_weights(sys.argv[1] + "/model.weights.h5")
-    outputs = keras.ops.convert_to_numpy(model.predict(masked_lm_inputs(), verbose=0))
-    difference = np.abs(outputs - np.load(sys.argv[1] + "/outputs.npy")).max()
-    print("max abs difference", difference)
-    assert difference <= 1e-5, difference
+    load_dir, save_dir, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    if load_dir != "-":
+        model = build("masked_lm")
+        model.load_weights(load_dir + "/model.weights.h5")
+        outputs = keras.ops.convert_to_numpy(model.predict(masked_lm_inputs(), verbose=0))
+        difference = np.abs(outputs - np.load(load_dir + "/outputs.npy")).max()
+        print("max abs difference", difference)
+        assert difference <= 1e-5, difference
+    if save_dir != "-":
+        keras.utils.set_random_seed(seed)
+        model = build("masked_lm")
+        model.save_weights(save_dir + "/model.weights.h5")
+        outputs = keras.ops.convert_to_numpy(model.predict(masked_lm_inputs(), verbose=0))
+        np.save(save_dir + "/outputs.npy", outputs)
     """
 )
 
 
-def _run_with_backend(backend, script, directory):
+def _run_with_backend(backend, script, *arguments):
     pytest.importorskip(backend if backend != "tensorflow" else "tensorflow")
     environment = dict(os.environ, KERAS_BACKEND=backend)
     result = subprocess.run(
-        [sys.executable, "-c", script, str(directory)],
+        [sys.executable, "-c", script, *map(str, arguments)],
         cwd=PROJECT_ROOT,
         env=environment,
         capture_output=True,
@@ -516,12 +514,16 @@ def _run_with_backend(backend, script, directory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "source, target", [("tensorflow", "jax"), ("jax", "torch"), ("torch", "tensorflow")]
-)
-def test_weights_saved_under_one_backend_load_under_another(source, target, tmp_path):
-    _run_with_backend(source, _SAVE_SCRIPT, tmp_path)
-    _run_with_backend(target, _LOAD_SCRIPT, tmp_path)
+def test_weights_saved_under_each_backend_load_under_the_next(tmp_path):
+    # tensorflow -> jax -> torch -> tensorflow.
+    ring = ["tensorflow", "jax", "torch", "tensorflow"]
+    directories = [tmp_path / backend for backend in ring[:-1]]
+    for directory in directories:
+        directory.mkdir()
+    for hop, backend in enumerate(ring):
+        load_dir = directories[hop - 1] if hop > 0 else "-"
+        save_dir = directories[hop] if hop < len(directories) else "-"
+        _run_with_backend(backend, _HOP_SCRIPT, load_dir, save_dir, 5 + hop)
 
 
 # === Bad arguments ===
