@@ -160,7 +160,8 @@ def vocab(corpus_files, work_dir, args):
 
 
 def _run_tree_measured(command):
-    """Runs `command`; returns (exit code, wall s, CPU s, peak RSS in MB, stdout, stderr).
+    """Runs `command`; returns (exit code, wall s, CPU s, peak RSS in MB, stdout, stderr, main
+    process's CPU s).
 
     CPU and RSS count the whole process tree: `kbert prepare`'s Beam workers are processes of
     their own. RSS is the largest sum over the tree seen in samples 0.2 s apart.
@@ -187,7 +188,7 @@ def _run_tree_measured(command):
         out.seek(0)
         err.seek(0)
         return (process.returncode, wall, sum(cpu_by_pid.values()), peak_rss / 2**20,
-                out.read(), err.read())
+                out.read(), err.read(), cpu_by_pid.get(process.pid, 0.0))
 
 
 def _prepare_vocabulary(work_dir):
@@ -215,7 +216,7 @@ def prepare(corpus_files, work_dir, args):
         command = [sys.executable, "-m", "kbert.cli", "prepare", "--input", *corpus_files,
                    "--vocabulary", _prepare_vocabulary(work_dir), "--sequence-length", "128",
                    "--output", output, "--num-workers", str(workers)]
-        code, wall, cpu, rss, out, err = _run_tree_measured(command)
+        code, wall, cpu, rss, out, err, main_cpu = _run_tree_measured(command)
         if code != 0:
             raise RuntimeError(f"kbert prepare failed (exit code {code}):\n{err[-3000:]}")
         corpus = open_prepared(output)
@@ -223,6 +224,7 @@ def prepare(corpus_files, work_dir, args):
             f"wall_seconds_{workers}": wall,
             f"mb_per_second_{workers}": num_bytes / 1e6 / wall,
             f"cpu_seconds_{workers}": cpu,
+            f"main_process_cpu_seconds_{workers}": main_cpu,
             f"peak_rss_mb_{workers}": rss,
             "sequences": corpus.num_sequences,
             "shards": corpus.num_shards,

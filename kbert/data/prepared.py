@@ -39,7 +39,7 @@ DOCUMENTS_PER_BLOCK = 10_000
 MIN_SHARD_SIZE = 4 << 20
 # Shards read at once (interleaved) by the training stream.
 SHARDS_PER_WINDOW = 16
-_DOCUMENTS_PER_TOKENIZER_CALL = 256
+_DOCUMENTS_PER_TOKENIZER_CALL = 2048
 _METADATA_KEY = "kbert_prepared"
 
 
@@ -59,14 +59,16 @@ def pack(documents_token_ids, separator_id, chunk_length):
     Each non-empty document is followed by `separator_id`; the concatenation is cut into
     `chunk_length` tokens, the last chunk keeping what is left.
     """
-    pieces = []
-    for token_ids in documents_token_ids:
-        if len(token_ids):
-            pieces.append(np.asarray(token_ids, np.int32))
-            pieces.append(np.array([separator_id], np.int32))
-    if not pieces:
-        return
-    stream = np.concatenate(pieces)
+    lengths = [len(token_ids) for token_ids in documents_token_ids]
+    flat = [token_id for token_ids in documents_token_ids for token_id in token_ids]
+    return pack_flat(np.asarray(flat, np.int32), np.asarray(lengths, np.int64), separator_id,
+                     chunk_length)
+
+
+def pack_flat(token_ids, lengths, separator_id, chunk_length):
+    """`pack` of documents given as their concatenated token ids and each one's length."""
+    ends = np.cumsum(lengths)[np.asarray(lengths) > 0]
+    stream = np.insert(np.asarray(token_ids, np.int32), ends, np.int32(separator_id))
     for start in range(0, len(stream), chunk_length):
         yield stream[start:start + chunk_length]
 
@@ -143,21 +145,35 @@ class _TokenizeAndPack:
         self._tokenizer = None
 
     def __getstate__(self):
-        return dict(self.__dict__, _tokenizer=None)
+        return dict(self.__dict__, _tokenizer=None, _tokenize=None)
 
     def __call__(self, keyed_block):
         (input_index, block_index), documents = keyed_block
+        if not documents:
+            return
         if self._tokenizer is None:
             from kbert.tokenizer import BertTokenizer
 
-            self._tokenizer = BertTokenizer(
+            tokenizer = BertTokenizer(
                 self.vocabulary, lowercase=self.lowercase, strip_accents=self.strip_accents
             )
-        token_ids = []
+
+            # One graph for the block: run eagerly, the ragged ops' Python cost was as large
+            # as the tokenizing itself.
+            @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+            def tokenize(texts):
+                token_ids = tokenizer(texts)
+                return token_ids.flat_values, token_ids.row_lengths()
+
+            self._tokenizer, self._tokenize = tokenizer, tokenize
+        token_ids, lengths = [], []
         for start in range(0, len(documents), _DOCUMENTS_PER_TOKENIZER_CALL):
-            batch = tf.constant(documents[start:start + _DOCUMENTS_PER_TOKENIZER_CALL])
-            token_ids.extend(self._tokenizer(batch).to_list())
-        chunks = pack(token_ids, self._tokenizer.sep_token_id, self.chunk_length)
+            flat, row_lengths = self._tokenize(
+                tf.constant(documents[start:start + _DOCUMENTS_PER_TOKENIZER_CALL]))
+            token_ids.append(flat.numpy())
+            lengths.append(row_lengths.numpy())
+        chunks = pack_flat(np.concatenate(token_ids), np.concatenate(lengths),
+                           self._tokenizer.sep_token_id, self.chunk_length)
         for chunk_index, chunk in enumerate(chunks):
             yield f"{input_index}/{block_index}/{chunk_index}", {"token_ids": chunk}
 
