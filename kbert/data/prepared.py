@@ -24,6 +24,7 @@ lengths and the tokenizer's settings, so that training refuses data prepared for
 import glob
 import hashlib
 import os
+import re
 import shlex
 import time
 
@@ -414,6 +415,7 @@ def _run_builder(builder, output, download_config):
     job_log.setLevel(logging.CRITICAL)
     try:
         builder.download_and_prepare(download_config=download_config)
+        check_shards(builder.data_dir)
         epath.Path(builder.data_dir).rename(output)
     except Exception as error:  # the runners wrap workers' errors in their own types
         cause = _worker_error(error)
@@ -424,6 +426,32 @@ def _run_builder(builder, output, download_config):
         job_log.setLevel(job_log_level)
         if tf.io.gfile.exists(root):
             tf.io.gfile.rmtree(root)
+
+
+_SHARD_NAME = re.compile(r"^(?P<prefix>.+)-(?P<index>\d{5})-of-(?P<total>\d{5})$")
+
+
+def check_shards(directory):
+    """Raises when shard files that the dataset's own file names promise are missing.
+
+    The files of a split are named `...-00000-of-00128` and so on; each of the 0 to N-1 must be
+    there. Beam's local multi-process runner once lost one shard of 128 (the other 127 and
+    the dataset info written without it), so a finished run is checked before it is kept.
+    """
+    found = {}
+    for name in tf.io.gfile.listdir(directory):
+        match = _SHARD_NAME.match(name)
+        if match:
+            key = (match["prefix"], int(match["total"]))
+            found.setdefault(key, set()).add(int(match["index"]))
+    for (prefix, total), indexes in sorted(found.items()):
+        missing = sorted(set(range(total)) - indexes)
+        if missing:
+            raise RuntimeError(
+                f"The Beam run lost {len(missing)} of the {total} shards of {prefix} "
+                f"(first: {prefix}-{missing[0]:05d}-of-{total:05d}); nothing was kept: "
+                "prepare the corpus again"
+            )
 
 
 _WORKER_ERRORS = {"ValueError": ValueError, "FileNotFoundError": FileNotFoundError,
@@ -481,6 +509,12 @@ class PreparedCorpus:
         if split not in splits:
             raise ValueError(f"{self.directory} has no split {split!r}; it has: {', '.join(splits)}")
         self.filepaths = [os.fspath(path) for path in splits[split].filepaths]
+        missing = [path for path in self.filepaths if not tf.io.gfile.exists(path)]
+        if missing:
+            raise ValueError(
+                f"{self.directory} is incomplete: {len(missing)} of its {len(self.filepaths)} "
+                f"shards are missing, e.g. {os.path.basename(missing[0])}; prepare it again"
+            )
         self.shard_lengths = np.array(splits[split].shard_lengths, np.int64)
         self.chunk_length = int(self.settings["chunk_length"])
 
