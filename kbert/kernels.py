@@ -110,6 +110,35 @@ def matrix_product(equation, inputs, kernel):
     return ops.reshape(product, (*batch_shape, *out_shape))
 
 
+def dense_inference(layer, inputs, equation):
+    """A float32 dense layer outside training on TensorFlow, or None where this does not apply.
+
+    The product runs as one 2-D MatMul with a BiasAdd on it, which grappler's remapper fuses
+    into one `_FusedMatMul` (the bias added as the product is written); then the activation
+    and a reshape back. Written as the layers write it, the product is reshaped back first
+    and the bias added with an AddV2, which the remapper does not fuse: one more pass over
+    every output. The arithmetic is the same. The stored graph holds only MatMul and BiasAdd,
+    ops of every TensorFlow Serving release; the fusion happens when the server loads it.
+    """
+    if not _on_tensorflow() or layer.bias is None or layer.compute_dtype != "float32":
+        return None
+    count = 1 if equation == "...d,de->...e" else _matrix_product_split(equation)
+    kernel, bias = layer.kernel, layer.bias
+    if count is None or tuple(bias.shape) != tuple(kernel.shape[count:]):
+        return None
+    import tensorflow as tf
+
+    contracted = math.prod(kernel.shape[:count])
+    out_shape = tuple(kernel.shape[count:])
+    inputs = tf.convert_to_tensor(inputs)
+    batch_shape = tf.shape(inputs)[: len(inputs.shape) - count]
+    product = tf.matmul(tf.reshape(inputs, [-1, contracted]), tf.reshape(kernel, [contracted, -1]))
+    outputs = layer.activation(tf.nn.bias_add(product, tf.reshape(bias, [-1])))
+    if not layer.float32_output:
+        outputs = tf.cast(outputs, layer.compute_dtype)
+    return tf.reshape(outputs, tf.concat([batch_shape, out_shape], axis=0))
+
+
 def _matrix_product_split(equation):
     """How many kernel axes `equation` contracts, where it is one matrix product.
 

@@ -45,6 +45,11 @@ class _Float32Bias:
         return super().add_weight(*args, **kwargs)
 
     def call(self, inputs, training=None):
+        if not training:
+            # On TensorFlow, a MatMul and BiasAdd that grappler fuses: see kernels.dense_inference.
+            outputs = kernels.dense_inference(self, inputs, self._equation())
+            if outputs is not None:
+                return outputs
         product = self._product(inputs, self.kernel)  # both in the compute dtype
         terms = (product,) if self.bias is None else (product, self.bias)
         # One fused XLA function in TensorFlow training: see kernels.dense_epilogue.
@@ -78,6 +83,9 @@ class Dense(_Float32Bias, keras.layers.Dense):
     def _product(self, inputs, kernel):
         return ops.matmul(inputs, kernel)
 
+    def _equation(self):
+        return "...d,de->...e"
+
 
 @keras.saving.register_keras_serializable(package="kbert")
 class EinsumDense(_Float32Bias, keras.layers.EinsumDense):
@@ -86,6 +94,9 @@ class EinsumDense(_Float32Bias, keras.layers.EinsumDense):
     def _product(self, inputs, kernel):
         # A 2-D matmul where the equation is one: see kernels.matrix_product.
         return kernels.matrix_product(self.equation, inputs, kernel)
+
+    def _equation(self):
+        return self.equation
 
 
 @keras.saving.register_keras_serializable(package="kbert")

@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 
 import keras
 import numpy as np
@@ -480,6 +481,43 @@ def test_export_holds_only_core_and_tensorflow_text_ops(classifier, tmp_path):
         r"op EagerPyFunc is registered by no",
     ):
         check_serving_ops(forged)
+
+
+def test_every_encoder_dense_layer_runs_as_one_fused_matmul_in_a_tf1_session(classifier):
+    # Grappler's remapper fuses a MatMul with the BiasAdd right after it when the model
+    # server loads the graph; a bias added after a reshape would stay a separate pass.
+    script = textwrap.dedent(
+        """
+        import collections, json, sys
+        import tensorflow as tf
+        import tensorflow_text
+        graph = tf.Graph()
+        session = tf.compat.v1.Session(graph=graph)
+        with graph.as_default():
+            meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], sys.argv[1])
+        signature = meta_graph.signature_def["serving_default"]
+        fetches = [info.name for info in signature.outputs.values()]
+        feed = {signature.inputs["text"].name: [b"the cat sat", b"a dog ran on the mat"]}
+        options = tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.FULL_TRACE)
+        metadata = tf.compat.v1.RunMetadata()
+        session.run(fetches, feed, options=options, run_metadata=metadata)
+        ops = collections.Counter()
+        for device in metadata.step_stats.dev_stats:
+            for node in device.node_stats:
+                if "transformer_layer" in node.node_name:
+                    ops[node.timeline_label.split("(")[0].split(" = ")[-1].strip()] += 1
+        print(json.dumps(ops))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script, os.fspath(classifier["export"])],
+                            capture_output=True, text=True,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    ops = json.loads(result.stdout.strip().splitlines()[-1])
+    num_layers = classifier["model"].backbone.num_layers
+    # Query, key, value, attention output, intermediate and output of every layer.
+    assert ops.get("_FusedMatMul") == 6 * num_layers, ops
+    assert "MatMul" not in ops and "BiasAdd" not in ops, ops
 
 
 def test_an_export_with_xla_compiled_functions_fails(classifier, tmp_path):
