@@ -8,6 +8,8 @@ rounds.
 
 A worker is a module with a `setup(options) -> measure` function; `measure()` does one
 timed unit of work and returns a dict of figures (e.g. `{"tokens_per_second": ...}`).
+`setup` may instead return `(measure, details)`: the details (JSON) reach the parent before
+any round, for checks that the contenders do the same work.
 """
 
 import json
@@ -37,7 +39,7 @@ class Worker:
             stdout=subprocess.PIPE,
             text=True,
         )
-        self._read_reply()  # set up and warmed up
+        self.details = self._read_reply().get("details", {})  # set up and warmed up
 
     def _read_reply(self):
         for line in self.process.stdout:
@@ -56,17 +58,21 @@ class Worker:
             self.process.wait(timeout=60)
 
 
-def run_alternating(contenders, rounds):
+def run_alternating(contenders, rounds, check=None):
     """Measures `contenders` ({name: (module, options, backend)}) in alternation.
 
-    Workers are started one at a time and only one measures at any moment. Returns
-    {name: {figure: median}} plus the raw rounds under "rounds".
+    Workers are started one at a time and only one measures at any moment. `check`, if
+    given, is called with every worker's setup details ({name: details}) once all are set
+    up, before the first round; it raises to stop the run. Returns {name: {figure: median}}
+    plus the raw rounds under "rounds".
     """
     workers = {}
     try:
         for name, (module, options, backend) in contenders.items():
             print(f"  starting {name} ...", file=sys.stderr, flush=True)
             workers[name] = Worker(name, module, options, backend)
+        if check is not None:
+            check({name: worker.details for name, worker in workers.items()})
         samples = {name: [] for name in workers}
         for round_index in range(rounds):
             for name, worker in workers.items():
@@ -188,8 +194,10 @@ def _serve(module_name, options):
     import importlib
 
     module = importlib.import_module(module_name)
-    measure = module.setup(options)
-    print(_REPLY_PREFIX + json.dumps({"ready": True}), flush=True)
+    measure, details = module.setup(options), {}
+    if isinstance(measure, tuple):
+        measure, details = measure
+    print(_REPLY_PREFIX + json.dumps({"ready": True, "details": details}), flush=True)
     for line in sys.stdin:
         if line.strip() == "measure":
             print(_REPLY_PREFIX + json.dumps(measure()), flush=True)

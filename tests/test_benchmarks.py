@@ -137,3 +137,98 @@ def test_results_file_is_written_where_asked(tmp_path):
     assert "- machine: 2 CPU cores, processor unknown, Linux\n" in text
     assert "- matmul peak measured in the run: not measured\n" in text
     assert text.endswith("|---|---|---|---|---|---|---|---|---|\n")
+
+
+_SERVING_WORDS = "the a film movie good bad very not is was story actors plot funny boring cliche".split()
+
+
+def _serving_classifier(directory):
+    """A tiny random Hugging Face classifier and its fast tokenizer, saved in `directory`."""
+    import torch
+    import transformers
+
+    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *_SERVING_WORDS, "##s", "!", ".", ","]
+    vocabulary_file = directory / "vocab.txt"
+    vocabulary_file.write_text("\n".join(vocabulary) + "\n", encoding="utf-8")
+    tokenizer = transformers.BertTokenizerFast.from_pretrained(str(directory), do_lower_case=True)
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=len(vocabulary), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=160, num_labels=2,
+    )
+    model = transformers.BertForSequenceClassification(config).eval()
+    model.save_pretrained(directory / "huggingface")
+    tokenizer.save_pretrained(directory / "huggingface")
+    return model, tokenizer, vocabulary_file
+
+
+# Short and long requests: one past 128 tokens, which every contender must cut at 128.
+_SERVING_TEXTS = [
+    "The film was good.", "Cliché!", " ".join(_SERVING_WORDS * 10), "not a very funny movie, boring plot",
+]
+
+
+def test_serving_real_news_texts_are_the_first_40_words_of_long_paragraphs(tmp_path):
+    from benchmarks import serving_real
+
+    path = tmp_path / "wiki.txt"
+    long_paragraph = " ".join(f"w{index}" for index in range(45))
+    lines = [" ", " = Title = ", " ", f" {long_paragraph} ", " too short a paragraph ", " = = Section = = ",
+             f" {long_paragraph[3:]} "]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    texts = serving_real.news_texts(str(path), count=5, words=40)
+    # The titles, the blank lines and the short paragraph are skipped; the long ones cut to 40 words.
+    assert texts == [
+        " ".join(f"w{index}" for index in range(40)), " ".join(f"w{index}" for index in range(1, 41)),
+    ]
+
+
+def test_serving_real_tokenizers_pad_and_cut_as_the_kbert_signature(tmp_path):
+    import numpy as np
+
+    from benchmarks import serving_real
+    from kbert.tokenizer import BertPreprocessor, BertTokenizer
+
+    _, tokenizer, vocabulary_file = _serving_classifier(tmp_path)
+    kbert = BertPreprocessor(BertTokenizer(str(vocabulary_file)), sequence_length=128)(
+        _SERVING_TEXTS, pad_to_longest=True
+    )
+    huggingface = tokenizer(_SERVING_TEXTS, padding="longest", truncation=True, max_length=128)
+    rust = serving_real.rust_tokenizer(str(tmp_path / "huggingface")).encode_batch(_SERVING_TEXTS)
+    assert kbert["token_ids"].shape == (4, 128)  # the long text, cut; the others padded to it
+    for token_ids, padding_mask in (
+        (huggingface["input_ids"], huggingface["attention_mask"]),
+        ([encoding.ids for encoding in rust], [encoding.attention_mask for encoding in rust]),
+    ):
+        np.testing.assert_array_equal(kbert["token_ids"].numpy(), np.array(token_ids))
+        np.testing.assert_array_equal(kbert["padding_mask"].numpy(), np.array(padding_mask))
+    # A batch of short texts is padded to its longest only.
+    assert BertPreprocessor(BertTokenizer(str(vocabulary_file)))(_SERVING_TEXTS[:2], pad_to_longest=True)[
+        "token_ids"
+    ].shape == (2, 7)
+
+
+def test_serving_real_onnx_runtime_agrees_with_pytorch_and_a_mismatch_stops_the_run(tmp_path):
+    import pytest
+
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from benchmarks import serving_real
+
+    model, tokenizer, _ = _serving_classifier(tmp_path)
+    onnx_file = serving_real.export_onnx(model, tokenizer, str(tmp_path / "model.onnx"))
+    huggingface_dir = str(tmp_path / "huggingface")
+    probabilities = {
+        serving_real.PYTORCH: serving_real.PREDICTORS[serving_real.PYTORCH]({"path": huggingface_dir}),
+        serving_real.ONNX_RUNTIME: serving_real.PREDICTORS[serving_real.ONNX_RUNTIME](
+            {"path": onnx_file, "tokenizer": huggingface_dir}
+        ),
+    }
+    for texts in (_SERVING_TEXTS, _SERVING_TEXTS[:1]):  # sequence 128, then 7: both axes vary
+        outputs = {name: predict(texts).tolist() for name, predict in probabilities.items()}
+        differences = serving_real.check_agreement(outputs)
+        assert differences[serving_real.ONNX_RUNTIME] < 1e-5
+        assert len(outputs[serving_real.ONNX_RUNTIME]) == len(texts)
+    outputs[serving_real.ONNX_RUNTIME] = [[0.5, 0.5]]
+    with pytest.raises(ValueError, match="Expected the probabilities of ONNX Runtime to match"):
+        serving_real.check_agreement(outputs)
