@@ -4,8 +4,8 @@
         [--texts news|sst2] [--signature serving_default] [--intra-op 2] [--inter-op 2]
 
 Loads the SavedModel with TensorFlow's TF1 session loader (what the model server does), in
-this process without kbert, feeds `--batch-size` texts to the signature by its tensor names,
-and traces `--runs` calls with `RunOptions.FULL_TRACE`. The step stats give every node's
+this process without kbert, feeds `--batch-size` texts (the first of `benchmarks/serving_real.py`'s
+set) to the signature by its tensor names, and traces `--runs` calls with `RunOptions.FULL_TRACE`. The step stats give every node's
 time; they are summed by op type and by part of the model (tokenization and packing, the
 embeddings, each encoder sub-layer summed over layers, the head), as shares of the summed op
 time, next to the median wall time of an untraced call.
@@ -104,17 +104,9 @@ def print_profile(result, top=25):
 
 
 def read_texts(kind, count):
-    import os
+    from benchmarks import serving_real
 
-    from benchmarks import harness
-
-    data = os.path.join(harness.PROJECT_ROOT, "..", "shared", "data")
-    if kind == "sst2":
-        with open(os.path.join(data, "glue", "SST-2", "dev.tsv"), encoding="utf-8") as file:
-            return [line.split("\t")[0] for line in file.read().splitlines()[1:] if line][:count]
-    with open(os.path.join(data, "corpus", "wikitext2_test.txt"), encoding="utf-8") as file:
-        paragraphs = [line.split() for line in file if line.strip() and not line.strip().startswith("=")]
-    return [" ".join(words[:40]) for words in paragraphs if len(words) >= 40][:count]
+    return serving_real.read_texts(kind)[:count]
 
 
 def main():
