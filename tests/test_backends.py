@@ -21,8 +21,9 @@ def test_backend_marked_tests_pass_on_jax_and_torch():
     if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
         pytest.skip("already running under a non-default backend")
     backends = [backend for backend in ("jax", "torch") if _importable(backend)]
-    # Only the files that hold marked tests, in one process per backend: collecting every
-    # test module costs each process half a minute, and more workers than cores only wait.
+    # Only the files that hold marked tests: collecting every test module costs each process
+    # half a minute. Each backend keeps two workers, so that this test, the longest of the
+    # suite, does not end it on one core.
     files = _files_with_marked_tests()
     # Both backends at once: each is a chain of imports and subprocesses that waits as much
     # as it computes.
@@ -30,7 +31,7 @@ def test_backend_marked_tests_pass_on_jax_and_torch():
     processes = {
         backend: subprocess.Popen(
             [sys.executable, "-m", "pytest", "-m", "backends", "-q", "-p", "no:cacheprovider",
-             "-n", "0", *files],
+             *files],
             cwd=PROJECT_ROOT,
             env=dict(os.environ, KERAS_BACKEND=backend),
             stdout=outputs[backend][0],

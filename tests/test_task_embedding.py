@@ -98,6 +98,18 @@ def test_predict_of_the_model_directory_equals_the_export(embedder):
 # === Pair files ===
 
 
+def test_reading_pairs_leaves_the_csv_field_limit_and_refuses_a_field_beyond_it(tmp_path):
+    import csv
+
+    limit = csv.field_size_limit()
+    read_text_pairs(str(write_rows(tmp_path / "pairs.tsv", RETRIEVAL_ROWS)))
+    # The limit is the whole process's: the classification readers refuse fields beyond it.
+    assert csv.field_size_limit() == limit
+    long_field = write_rows(tmp_path / "long.tsv", RETRIEVAL_ROWS[:1] + [("a", "b" * (limit + 1))])
+    with pytest.raises(ValueError, match=r"long.tsv, line 2: field larger than field limit"):
+        read_text_pairs(str(long_field))
+
+
 def test_pair_files_of_each_layout(tmp_path):
     # Rows may carry licence fields after the second sentence, as 197 of sts-train's do.
     rows = STS_ROWS + [STS_ROWS[0] + ("licence", "x")]

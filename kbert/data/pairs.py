@@ -16,7 +16,6 @@ score outside the range, is an error naming the file and line: nothing is droppe
 import collections
 import csv
 import os
-import sys
 
 # The STS benchmark's columns (its readme), and the range of its gold scores.
 STS_BENCHMARK_SCORE_COLUMN = 4
@@ -124,11 +123,18 @@ def _read_rows(path, delimiter):
     """`(line number, fields)` of every row; in tab-separated files quotes are text."""
     # The STS files hold unbalanced quotes inside sentences, one row per line; comma-separated
     # files need quotes around texts with commas.
+    # csv's field size limit is left as it is: it is the whole process's, and the readers of
+    # classification files refuse a field beyond it, naming the file and line.
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    csv.field_size_limit(sys.maxsize)
     with open(path, encoding="utf-8", newline="") as file:
         reader = csv.reader(file, delimiter=delimiter, quoting=quoting)
-        for fields in reader:
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as error:
+                raise ValueError(f"{path}, line {reader.line_num}: {error}") from None
             yield reader.line_num, fields
 
 

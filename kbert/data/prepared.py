@@ -509,12 +509,6 @@ class PreparedCorpus:
         if split not in splits:
             raise ValueError(f"{self.directory} has no split {split!r}; it has: {', '.join(splits)}")
         self.filepaths = [os.fspath(path) for path in splits[split].filepaths]
-        missing = [path for path in self.filepaths if not tf.io.gfile.exists(path)]
-        if missing:
-            raise ValueError(
-                f"{self.directory} is incomplete: {len(missing)} of its {len(self.filepaths)} "
-                f"shards are missing, e.g. {os.path.basename(missing[0])}; prepare it again"
-            )
         self.shard_lengths = np.array(splits[split].shard_lengths, np.int64)
         self.chunk_length = int(self.settings["chunk_length"])
 
