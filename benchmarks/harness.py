@@ -206,3 +206,24 @@ def _serve(module_name, options):
 if __name__ == "__main__":
     sys.path.insert(0, PROJECT_ROOT)
     _serve(sys.argv[1], json.loads(sys.argv[2]))
+
+
+def serving_figures(call, singles, batches, num_texts):
+    """Times `call` on each single-text request, then on each batch (of `num_texts` in all):
+    batch-1 p50 and p99 latency in ms and batch throughput in texts/s."""
+    import numpy as np
+
+    latencies = []
+    for request in singles:
+        start = time.perf_counter()
+        call(request)
+        latencies.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    for batch in batches:
+        call(batch)
+    seconds = time.perf_counter() - start
+    return {
+        "batch_1_p50_ms": 1000 * float(np.percentile(latencies, 50)),
+        "batch_1_p99_ms": 1000 * float(np.percentile(latencies, 99)),
+        "batch_64_texts_per_second": num_texts / seconds,
+    }

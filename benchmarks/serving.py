@@ -19,7 +19,6 @@ and to `--output` as JSON.
 import argparse
 import os
 import tempfile
-import time
 
 from benchmarks import harness
 
@@ -109,7 +108,6 @@ def export_keras_hub(size, vocabulary, directory):
 
 def setup(options):
     """Worker side: load a SavedModel with TensorFlow and TF Text only; return `measure`."""
-    import numpy as np
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (the tokenizer's ops)
 
@@ -129,20 +127,7 @@ def setup(options):
         call(tensor)
 
     def measure():
-        latencies = []
-        for tensor in singles:
-            start = time.perf_counter()
-            call(tensor)
-            latencies.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        for tensor in batches:
-            call(tensor)
-        seconds = time.perf_counter() - start
-        return {
-            "batch_1_p50_ms": 1000 * float(np.percentile(latencies, 50)),
-            "batch_1_p99_ms": 1000 * float(np.percentile(latencies, 99)),
-            "batch_64_texts_per_second": len(batches) * BATCH_SIZE / seconds,
-        }
+        return harness.serving_figures(call, singles, batches, len(batches) * BATCH_SIZE)
 
     return measure
 

@@ -349,22 +349,7 @@ def setup(options):
     probabilities = predict(texts[:CHECKED_TEXTS])
 
     def measure():
-        latencies = []
-        for request in singles:
-            start = time.perf_counter()
-            predict(request)
-            latencies.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        for batch in batches:
-            predict(batch)
-        seconds = time.perf_counter() - start
-        import numpy as np
-
-        return {
-            "batch_1_p50_ms": 1000 * float(np.percentile(latencies, 50)),
-            "batch_1_p99_ms": 1000 * float(np.percentile(latencies, 99)),
-            "batch_64_texts_per_second": len(texts) / seconds,
-        }
+        return harness.serving_figures(predict, singles, batches, len(texts))
 
     return measure, {"probabilities": probabilities.tolist()}
 
