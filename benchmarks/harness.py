@@ -203,11 +203,6 @@ def _serve(module_name, options):
             print(_REPLY_PREFIX + json.dumps(measure()), flush=True)
 
 
-if __name__ == "__main__":
-    sys.path.insert(0, PROJECT_ROOT)
-    _serve(sys.argv[1], json.loads(sys.argv[2]))
-
-
 def serving_figures(call, singles, batches, num_texts):
     """Times `call` on each single-text request, then on each batch (of `num_texts` in all):
     batch-1 p50 and p99 latency in ms and batch throughput in texts/s."""
@@ -227,3 +222,9 @@ def serving_figures(call, singles, batches, num_texts):
         "batch_1_p99_ms": 1000 * float(np.percentile(latencies, 99)),
         "batch_64_texts_per_second": num_texts / seconds,
     }
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, PROJECT_ROOT)
+    _serve(sys.argv[1], json.loads(sys.argv[2]))
+

@@ -99,47 +99,50 @@ def matrix_product(equation, inputs, kernel):
     matmul against the kernel broadcast over the batch, whose kernel gradient is a
     (batch, in, out) product summed afterwards; the flattened 2-D matmul has none.
     """
-    count = _matrix_product_split(equation)
+    count = contracted_axes(equation)
     if count is None:
         return ops.einsum(equation, inputs, kernel)
+    product, shape = _flat_product(inputs, kernel, count)
+    return ops.reshape(product, shape)
+
+
+def _flat_product(inputs, kernel, count):
+    """`(product, shape)`: `inputs` times `kernel` (its first `count` axes contracted) as one
+    2-D matmul, and the shape to give the product back its batch and output axes."""
     contracted = math.prod(kernel.shape[:count])
     out_shape = tuple(kernel.shape[count:])
     batch_shape = ops.shape(inputs)[: len(inputs.shape) - count]
     flat = ops.reshape(inputs, (-1, contracted))
     product = ops.matmul(flat, ops.reshape(kernel, (contracted, -1)))
-    return ops.reshape(product, (*batch_shape, *out_shape))
+    return product, (*batch_shape, *out_shape)
 
 
-def dense_inference(layer, inputs, equation):
+def dense_inference(layer, inputs, count):
     """A float32 dense layer outside training on TensorFlow, or None where this does not apply.
 
-    The product runs as one 2-D MatMul with a BiasAdd on it, which grappler's remapper fuses
-    into one `_FusedMatMul` (the bias added as the product is written); then the activation
-    and a reshape back. Written as the layers write it, the product is reshaped back first
-    and the bias added with an AddV2, which the remapper does not fuse: one more pass over
-    every output. The arithmetic is the same. The stored graph holds only MatMul and BiasAdd,
-    ops of every TensorFlow Serving release; the fusion happens when the server loads it.
+    `count` is how many kernel axes the layer contracts (None: not one matrix product). The
+    product runs as one 2-D MatMul with a BiasAdd on it, which grappler's remapper fuses into
+    one `_FusedMatMul` (the bias added as the product is written); then the activation and a
+    reshape back. Written as the layers write it, the product is reshaped back first and the
+    bias added with an AddV2, which the remapper does not fuse: one more pass over every
+    output. The arithmetic is the same. The stored graph holds only MatMul and BiasAdd, ops of
+    every TensorFlow Serving release; the fusion happens when the server loads it.
     """
     if not _on_tensorflow() or layer.bias is None or layer.compute_dtype != "float32":
         return None
-    count = 1 if equation == "...d,de->...e" else _matrix_product_split(equation)
     kernel, bias = layer.kernel, layer.bias
     if count is None or tuple(bias.shape) != tuple(kernel.shape[count:]):
         return None
     import tensorflow as tf
 
-    contracted = math.prod(kernel.shape[:count])
-    out_shape = tuple(kernel.shape[count:])
-    inputs = tf.convert_to_tensor(inputs)
-    batch_shape = tf.shape(inputs)[: len(inputs.shape) - count]
-    product = tf.matmul(tf.reshape(inputs, [-1, contracted]), tf.reshape(kernel, [contracted, -1]))
+    product, shape = _flat_product(inputs, kernel, count)
     outputs = layer.activation(tf.nn.bias_add(product, tf.reshape(bias, [-1])))
     if not layer.float32_output:
         outputs = tf.cast(outputs, layer.compute_dtype)
-    return tf.reshape(outputs, tf.concat([batch_shape, out_shape], axis=0))
+    return ops.reshape(outputs, shape)
 
 
-def _matrix_product_split(equation):
+def contracted_axes(equation):
     """How many kernel axes `equation` contracts, where it is one matrix product.
 
     That is an equation `{batch}{contracted},{contracted}{out}->{batch}{out}`, such as the

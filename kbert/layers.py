@@ -47,7 +47,7 @@ class _Float32Bias:
     def call(self, inputs, training=None):
         if not training:
             # On TensorFlow, a MatMul and BiasAdd that grappler fuses: see kernels.dense_inference.
-            outputs = kernels.dense_inference(self, inputs, self._equation())
+            outputs = kernels.dense_inference(self, inputs, self._contracted_axes())
             if outputs is not None:
                 return outputs
         product = self._product(inputs, self.kernel)  # both in the compute dtype
@@ -83,8 +83,8 @@ class Dense(_Float32Bias, keras.layers.Dense):
     def _product(self, inputs, kernel):
         return ops.matmul(inputs, kernel)
 
-    def _equation(self):
-        return "...d,de->...e"
+    def _contracted_axes(self):
+        return 1
 
 
 @keras.saving.register_keras_serializable(package="kbert")
@@ -95,8 +95,8 @@ class EinsumDense(_Float32Bias, keras.layers.EinsumDense):
         # A 2-D matmul where the equation is one: see kernels.matrix_product.
         return kernels.matrix_product(self.equation, inputs, kernel)
 
-    def _equation(self):
-        return self.equation
+    def _contracted_axes(self):
+        return kernels.contracted_axes(self.equation)
 
 
 @keras.saving.register_keras_serializable(package="kbert")

@@ -356,8 +356,7 @@ class _ShardConfig(tfds.core.utils.shard_utils.ShardConfig):
     """TFDS' shard rule with shards of at least `MIN_SHARD_SIZE`.
 
     TFDS counts shards in a classmethod that reads the class's `min_shard_size`, so the size
-    given to `DownloadConfig(min_shard_size=...)` never applies (a 55 MB dataset came out as one
-    shard); a subclass's default does.
+    given to `DownloadConfig(min_shard_size=...)` never applies; a subclass's default does.
     """
 
     min_shard_size = MIN_SHARD_SIZE
@@ -435,8 +434,8 @@ def check_shards(directory):
     """Raises when shard files that the dataset's own file names promise are missing.
 
     The files of a split are named `...-00000-of-00128` and so on; each of the 0 to N-1 must be
-    there. Beam's local multi-process runner once lost one shard of 128 (the other 127 and
-    the dataset info written without it), so a finished run is checked before it is kept.
+    there. Beam's local multi-process runner has lost a shard (the dataset info then written
+    without it), so a finished run is checked before it is kept.
     """
     found = {}
     for name in tf.io.gfile.listdir(directory):
