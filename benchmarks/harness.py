@@ -8,6 +8,8 @@ rounds.
 
 A worker is a module with a `setup(options) -> measure` function; `measure()` does one
 timed unit of work and returns a dict of figures (e.g. `{"tokens_per_second": ...}`).
+`setup` may return `(measure, report)` instead, where `report` (a dict) tells the parent
+what the worker set up (versions, thread settings, a figure to check before timing).
 """
 
 import json
@@ -37,7 +39,7 @@ class Worker:
             stdout=subprocess.PIPE,
             text=True,
         )
-        self._read_reply()  # set up and warmed up
+        self.setup_report = self._read_reply().get("setup", {})  # set up and warmed up
 
     def _read_reply(self):
         for line in self.process.stdout:
@@ -56,17 +58,21 @@ class Worker:
             self.process.wait(timeout=60)
 
 
-def run_alternating(contenders, rounds):
+def run_alternating(contenders, rounds, check=None):
     """Measures `contenders` ({name: (module, options, backend)}) in alternation.
 
-    Workers are started one at a time and only one measures at any moment. Returns
-    {name: {figure: median}} plus the raw rounds under "rounds".
+    Workers are started one at a time and only one measures at any moment. Once all are
+    set up, and before the first round, `check({name: setup report})` may raise to stop the
+    run. Returns {name: {figure: median}} plus the raw rounds under "rounds" and the
+    worker's setup report under "setup".
     """
     workers = {}
     try:
         for name, (module, options, backend) in contenders.items():
             print(f"  starting {name} ...", file=sys.stderr, flush=True)
             workers[name] = Worker(name, module, options, backend)
+        if check is not None:
+            check({name: worker.setup_report for name, worker in workers.items()})
         samples = {name: [] for name in workers}
         for round_index in range(rounds):
             for name, worker in workers.items():
@@ -79,6 +85,7 @@ def run_alternating(contenders, rounds):
     for name, rows in samples.items():
         figures = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
         figures["rounds"] = rows
+        figures["setup"] = workers[name].setup_report
         results[name] = figures
     return results
 
@@ -159,10 +166,10 @@ def training_benchmark_main(description, run, name, steps, precisions, rounds=5,
     """The command line of a training benchmark: `run(size, rounds, steps, precisions)`.
 
     Takes `--size`, `--rounds` (default `rounds`), `--steps` (default `steps`), `--precision`
-    (repeatable, default `precisions`), `--output` (default benchmarks/results/NAME.json) and
-    the `extra_arguments` (`(flag, add_argument keywords)` pairs), which reach `run` as
-    keyword arguments; writes the report `run` returns, or exits with code 2 where it returns
-    None (its data is missing).
+    (repeatable, default `precisions`), `--output` (default benchmarks/results/NAME.json, where
+    `name` is a string or a function of the parsed arguments) and the `extra_arguments`
+    (`(flag, add_argument keywords)` pairs), which reach `run` as keyword arguments; writes the
+    report `run` returns, or exits with code 2 where it returns None (its data is missing).
     """
     import argparse
 
@@ -171,16 +178,19 @@ def training_benchmark_main(description, run, name, steps, precisions, rounds=5,
     parser.add_argument("--rounds", type=int, default=rounds)
     parser.add_argument("--steps", type=int, default=steps, help="training steps per measurement")
     parser.add_argument("--precision", action="append", help="float32 and/or mixed_bfloat16")
-    parser.add_argument("--output", default=os.path.join(BENCHMARKS_DIR, "results", f"{name}.json"))
+    parser.add_argument("--output", help="default: benchmarks/results/NAME.json")
     extra = [parser.add_argument(flag, **keywords).dest for flag, keywords in extra_arguments]
     args = parser.parse_args()
+    output = args.output or os.path.join(
+        BENCHMARKS_DIR, "results", f"{name(args) if callable(name) else name}.json"
+    )
     report = run(
         args.size, args.rounds, args.steps, tuple(args.precision or precisions),
         **{dest: getattr(args, dest) for dest in extra},
     )
     if report is None:
         parser.exit(2)
-    write_json(args.output, report)
+    write_json(output, report)
 
 
 def _serve(module_name, options):
@@ -188,8 +198,10 @@ def _serve(module_name, options):
     import importlib
 
     module = importlib.import_module(module_name)
-    measure = module.setup(options)
-    print(_REPLY_PREFIX + json.dumps({"ready": True}), flush=True)
+    measure, report = module.setup(options), {}
+    if isinstance(measure, tuple):
+        measure, report = measure
+    print(_REPLY_PREFIX + json.dumps({"ready": True, "setup": report}), flush=True)
     for line in sys.stdin:
         if line.strip() == "measure":
             print(_REPLY_PREFIX + json.dumps(measure()), flush=True)
