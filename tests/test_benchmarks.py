@@ -122,9 +122,10 @@ def test_fit_batches_are_the_batches_that_fit_trains_on():
     dataset = pipeline(np.arange(200, dtype="int32") % 2, cache=True)
     finetuning._epoch_statistics(dataset, sizes)
     steps_per_call = [finetuning.WARMUP_STEPS, 4, 4]
+    repeated = dataset.repeat()
     fitted = []
     for steps in steps_per_call:
-        model.fit(dataset.repeat(), steps_per_epoch=steps, epochs=1, verbose=0)
+        model.fit(repeated, steps_per_epoch=steps, epochs=1, verbose=0)
         fitted.append(list(trained))
         trained.clear()
 
