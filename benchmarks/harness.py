@@ -64,7 +64,7 @@ def run_alternating(contenders, rounds, check=None):
     Workers are started one at a time and only one measures at any moment. `check`, if
     given, is called with every worker's setup details ({name: details}) once all are set
     up, before the first round; it raises to stop the run. Returns {name: {figure: median}}
-    plus the raw rounds under "rounds".
+    plus the raw rounds under "rounds" and the worker's setup details under "details".
     """
     workers = {}
     try:
@@ -85,6 +85,7 @@ def run_alternating(contenders, rounds, check=None):
     for name, rows in samples.items():
         figures = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
         figures["rounds"] = rows
+        figures["details"] = workers[name].details
         results[name] = figures
     return results
 
@@ -165,10 +166,10 @@ def training_benchmark_main(description, run, name, steps, precisions, rounds=5,
     """The command line of a training benchmark: `run(size, rounds, steps, precisions)`.
 
     Takes `--size`, `--rounds` (default `rounds`), `--steps` (default `steps`), `--precision`
-    (repeatable, default `precisions`), `--output` (default benchmarks/results/NAME.json) and
-    the `extra_arguments` (`(flag, add_argument keywords)` pairs), which reach `run` as
-    keyword arguments; writes the report `run` returns, or exits with code 2 where it returns
-    None (its data is missing).
+    (repeatable, default `precisions`), `--output` (default benchmarks/results/NAME.json, where
+    `name` is a string or a function of the parsed arguments) and the `extra_arguments`
+    (`(flag, add_argument keywords)` pairs), which reach `run` as keyword arguments; writes the
+    report `run` returns, or exits with code 2 where it returns None (its data is missing).
     """
     import argparse
 
@@ -177,16 +178,19 @@ def training_benchmark_main(description, run, name, steps, precisions, rounds=5,
     parser.add_argument("--rounds", type=int, default=rounds)
     parser.add_argument("--steps", type=int, default=steps, help="training steps per measurement")
     parser.add_argument("--precision", action="append", help="float32 and/or mixed_bfloat16")
-    parser.add_argument("--output", default=os.path.join(BENCHMARKS_DIR, "results", f"{name}.json"))
+    parser.add_argument("--output", help="default: benchmarks/results/NAME.json")
     extra = [parser.add_argument(flag, **keywords).dest for flag, keywords in extra_arguments]
     args = parser.parse_args()
+    output = args.output or os.path.join(
+        BENCHMARKS_DIR, "results", f"{name(args) if callable(name) else name}.json"
+    )
     report = run(
         args.size, args.rounds, args.steps, tuple(args.precision or precisions),
         **{dest: getattr(args, dest) for dest in extra},
     )
     if report is None:
         parser.exit(2)
-    write_json(args.output, report)
+    write_json(output, report)
 
 
 def _serve(module_name, options):

@@ -1,4 +1,6 @@
-"""Correctness of the benchmarks' FLOP counts (the benchmarks themselves print timings)."""
+"""Correctness of the benchmarks' FLOP counts and of what they compare (they print timings)."""
+
+import pytest
 
 from benchmarks.flops import classifier_training_flops, masked_lm_training_flops
 
@@ -77,6 +79,118 @@ def test_fine_tuning_clock_counts_the_examples_of_uneven_batches():
     # A second `fit` starts its marks afresh, its count from the new epoch's first batch.
     model.fit(dataset.take(2), epochs=1, verbose=0, callbacks=[clock])
     assert [count for _, count in clock.marks] == [4, 5]
+
+
+def test_fit_batches_are_the_batches_that_fit_trains_on():
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from benchmarks import finetuning
+    from kbert.data.sources import LabeledTexts
+    from kbert.tokenizer import BertPreprocessor, BertTokenizer
+
+    words = ["a", "b", "c", "d"]
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(words, rng.integers(1, 40))) for _ in range(200)]
+    preprocessor = BertPreprocessor(BertTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words), 64)
+    sizes = {"num_layers": 2, "hidden_dim": 16, "intermediate_dim": 32}
+
+    def pipeline(labels, cache):
+        keras.utils.set_random_seed(0)
+        source = tf.data.Dataset.from_tensor_slices({"text": texts, "label": labels})
+        return finetuning._pipeline(LabeledTexts(source, label_names=None), preprocessor, cache=cache)
+
+    trained = []
+
+    class RecordingModel(keras.Model):
+        def train_step(self, data):
+            x, labels = data
+            tf.py_function(
+                lambda *batch: trained.append([tensor.numpy() for tensor in batch]) or 0,
+                [x["token_ids"], labels], tf.int32,
+            )
+            return super().train_step(data)
+
+    names = ("token_ids", "segment_ids", "padding_mask")
+    inputs = {name: keras.Input((None,), dtype="int32", name=name) for name in names}
+    features = keras.ops.sum(keras.ops.cast(inputs["token_ids"], "float32"), axis=1, keepdims=True)
+    model = RecordingModel(inputs=inputs, outputs=keras.layers.Dense(2)(features))
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  jit_compile=False)
+    # As a kbert worker draws its batches: one epoch, the warm-up fit, then one fit per round.
+    dataset = pipeline(np.arange(200, dtype="int32") % 2, cache=True)
+    finetuning._epoch_statistics(dataset, sizes)
+    steps_per_call = [finetuning.WARMUP_STEPS, 4, 4]
+    repeated = dataset.repeat()
+    fitted = []
+    for steps in steps_per_call:
+        model.fit(repeated, steps_per_epoch=steps, epochs=1, verbose=0)
+        fitted.append(list(trained))
+        trained.clear()
+
+    indexed = pipeline(np.arange(200, dtype="int32"), cache=False)
+    finetuning._epoch_statistics(indexed, sizes)
+    planned = finetuning.fit_batches(indexed, steps_per_call)
+    for fitted_call, planned_call in zip(fitted, planned, strict=True):
+        assert len(fitted_call) == len(planned_call)
+        for (token_ids, labels), (x, indices) in zip(fitted_call, planned_call):
+            np.testing.assert_array_equal(token_ids, x["token_ids"].numpy())
+            # The indices name the examples trained on: their labels are the labels trained on.
+            np.testing.assert_array_equal(labels, indices.numpy() % 2)
+    # Each call reshuffles: a plan that replayed the first batches would not match.
+    assert not np.array_equal(fitted[1][0][0], fitted[2][0][0])
+
+
+def test_pytorch_decays_the_tensors_that_kbert_decays():
+    import numpy as np
+
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    import kbert
+    from benchmarks import finetuning
+    from kbert import training
+
+    backbone = kbert.BertBackbone(
+        vocabulary_size=40, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
+        max_sequence_length=24,
+    )
+    model = kbert.BertClassifier(backbone, num_classes=3)
+    optimizer = training.make_optimizer("adamw", 5e-5, decay="constant", weight_decay=0.01)
+    kbert_sizes = {True: [], False: []}
+    for variable in model.trainable_variables:
+        kbert_sizes[optimizer._use_weight_decay(variable)].append(int(np.prod(variable.shape)))
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=24, num_labels=3,
+    )
+    decayed, kept = finetuning.torch_parameter_groups(
+        transformers.BertForSequenceClassification(config), weight_decay=0.01
+    )
+    assert (decayed["weight_decay"], kept["weight_decay"]) == (0.01, 0.0)
+    # Embeddings and kernels decay; LayerNorm scales and offsets and all biases do not.
+    assert sorted(p.numel() for p in decayed["params"]) == sorted(kbert_sizes[True])
+    assert sorted(p.numel() for p in kept["params"]) == sorted(kbert_sizes[False])
+    assert 40 * 16 in kbert_sizes[True] and len(kbert_sizes[False]) > 0
+
+
+def test_initial_losses_and_logits_must_agree_between_kbert_and_pytorch():
+    from benchmarks import finetuning
+
+    def reports(kbert_loss, kbert_logits):
+        return {
+            "kbert": {"initial_loss": kbert_loss, "initial_logits": kbert_logits},
+            finetuning.PYTORCH: {"initial_loss": 0.69315, "initial_logits": [[0.1, -0.2], [0.3, 0.0]]},
+        }
+
+    finetuning.check_initial_losses(reports(0.69312, [[0.10002, -0.2], [0.3, 0.00003]]))
+    with pytest.raises(ValueError, match="weights or the inputs differ"):
+        finetuning.check_initial_losses(reports(0.6941, [[0.1, -0.2], [0.3, 0.0]]))
+    # The same loss from other examples: the logits tell.
+    with pytest.raises(ValueError, match="weights or the inputs differ"):
+        finetuning.check_initial_losses(reports(0.69315, [[0.3, 0.0], [0.1, -0.2]]))
 
 
 def test_results_markdown_is_the_summary_table_with_when_where_and_how():
