@@ -1,8 +1,12 @@
 """BertBackbone: the BERT encoder network."""
 
+import contextlib
+import threading
+
 import keras
 from keras import ops
 
+from kbert import kernels
 from kbert.functional import FunctionalModel
 from kbert.layers import Dropout, TransformerEncoder, bert_kernel_initializer
 from kbert.sizes import size_config
@@ -159,16 +163,25 @@ class BertBackbone(FunctionalModel):
         segments = self.segment_embedding(inputs["segment_ids"])
         x = self.embeddings_layer_norm(ops.add(ops.add(tokens, positions), segments))
         x = self.embeddings_dropout(x, training=training)
+        x = self._encode(x, inputs["padding_mask"], query_positions, training)
+        # (batch, seq, hidden) and (batch, hidden), float32
+        return {"sequence_output": x, "pooled_output": self.pooled_dense(x[:, 0, :])}
+
+    def _encode(self, x, padding_mask, query_positions, training):
+        if query_positions is None and not training and _real_tokens_only.active:
+            # Inside an export: the blocks on real tokens alone (see kernels.encoder_on_real_tokens).
+            outputs = kernels.encoder_on_real_tokens(self.transformer_layers, x, padding_mask)
+            if outputs is not None:
+                return outputs
         last = len(self.transformer_layers) - 1
         for index, transformer_layer in enumerate(self.transformer_layers):
             x = transformer_layer(
                 x,
-                padding_mask=inputs["padding_mask"],
+                padding_mask=padding_mask,
                 query_positions=query_positions if index == last else None,
                 training=training,
             )
-        # (batch, seq, hidden) and (batch, hidden), float32
-        return {"sequence_output": x, "pooled_output": self.pooled_dense(x[:, 0, :])}
+        return x
 
     def call(self, inputs, training=None, mask=None, query_positions=None):
         """The backbone's outputs; with `query_positions`, the last block only there.
@@ -178,9 +191,12 @@ class BertBackbone(FunctionalModel):
         functional graph; see `_encoder_outputs`.
         """
         self._check_sequence_length(inputs)
-        if query_positions is None:
-            return super().call(inputs, training=training, mask=mask)
-        return self._encoder_outputs(inputs, ops.cast(query_positions, "int32"), training=training)
+        if query_positions is not None:
+            return self._encoder_outputs(inputs, ops.cast(query_positions, "int32"), training=training)
+        if _real_tokens_only.active and not training:
+            # Not the functional graph, whose blocks run on the padded batch: see _encode.
+            return self._encoder_outputs(inputs, training=training)
+        return super().call(inputs, training=training, mask=mask)
 
     def compute_output_spec(self, inputs, training=None, mask=None, query_positions=None):
         spec = super().compute_output_spec(inputs, training=training, mask=mask)
@@ -234,6 +250,29 @@ class BertBackbone(FunctionalModel):
         if isinstance(config.get("dtype"), dict):
             config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
         return cls(**config)
+
+
+class _RealTokensOnly(threading.local):
+    active = False
+
+
+_real_tokens_only = _RealTokensOnly()
+
+
+@contextlib.contextmanager
+def on_real_tokens_only():
+    """Within it, every backbone called at inference runs its blocks on real tokens only.
+
+    For the graphs of an export, whose outputs never read the padded positions of
+    `sequence_output`: those come out as zeros instead of the padded computation's values.
+    Everywhere else the backbone keeps them, as Hugging Face's and keras-hub's BERTs do.
+    On TensorFlow in float32; elsewhere this changes nothing.
+    """
+    previous, _real_tokens_only.active = _real_tokens_only.active, True
+    try:
+        yield
+    finally:
+        _real_tokens_only.active = previous
 
 
 def _check_arguments(dropout, **sizes):

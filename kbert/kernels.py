@@ -142,6 +142,38 @@ def dense_inference(layer, inputs, count):
     return ops.reshape(outputs, shape)
 
 
+def encoder_on_real_tokens(blocks, inputs, padding_mask):
+    """`blocks` run one after another on `inputs` (batch, seq, hidden) at inference, on the
+    real tokens alone; None where this does not apply (off TensorFlow, or not in float32).
+
+    A batch of texts of different lengths is padded to the longest: at a batch of news-length
+    texts, a third of the rows are padding. Here only attention sees the padded batch (see
+    `TransformerEncoder.call_on_tokens`): the rows of the real positions are gathered once,
+    scattered to the padded shape for each block's attention and gathered back after it.
+    The result is the padded (batch, seq, hidden) output with zeros at padded positions,
+    whose rows at real positions are those of the padded computation.
+    """
+    if not _on_tensorflow() or any(block.compute_dtype != "float32" for block in blocks):
+        return None
+    import tensorflow as tf
+
+    positions = tf.where(tf.cast(padding_mask, tf.bool))  # (num_tokens, 2): batch, position
+    batch_shape = tf.shape(padding_mask, out_type=tf.int64)
+
+    def pad(rows):  # (1, num_tokens, ...) -> (batch, seq, ...)
+        shape = tf.concat([batch_shape, tf.shape(rows, out_type=tf.int64)[2:]], axis=0)
+        return tf.scatter_nd(positions, rows[0], shape)
+
+    def unpad(padded):  # (batch, seq, ...) -> (1, num_tokens, ...)
+        return tf.gather_nd(padded, positions)[None]
+
+    tokens = unpad(inputs)
+    for block in blocks:
+        with tf.name_scope(block.name):  # the ops named as in the block's own call
+            tokens = block.call_on_tokens(tokens, pad, unpad, padding_mask)
+    return pad(tokens)
+
+
 def contracted_axes(equation):
     """How many kernel axes `equation` contracts, where it is one matrix product.
 

@@ -238,6 +238,26 @@ class TransformerEncoder(keras.layers.Layer):
         query = self.query_dense(queries)  # (batch, query_seq, heads, head_dim)
         key = self.key_dense(inputs)
         value = self.value_dense(inputs)
+        context = self._attend(query, key, value, padding_mask, training)
+        return self._after_attention(queries, self.attention_output_dense(context), training)
+
+    def call_on_tokens(self, tokens, pad, unpad, padding_mask):
+        """The block at inference on the real tokens alone; the outputs of `call` there.
+
+        `tokens` (1, num_tokens, hidden) are the rows of the real positions of a padded
+        batch, packed; `pad` scatters such rows back to (batch, seq, ...) with zeros under
+        the padding and `unpad` gathers them again. Only attention needs the padded batch:
+        the projections, the feed-forward layer and the LayerNorms, most of the work, run
+        on real tokens only. Padded positions of the output are not computed.
+        """
+        query, key, value = (
+            pad(dense(tokens)) for dense in (self.query_dense, self.key_dense, self.value_dense)
+        )
+        context = unpad(self._attend(query, key, value, padding_mask, training=False))
+        return self._after_attention(tokens, self.attention_output_dense(context), training=False)
+
+    def _attend(self, query, key, value, padding_mask, training):
+        """The attention context (batch, query_seq, heads, head_dim) of the projections."""
         # Scores and softmax in float32: (batch, heads, query_seq, key_seq). Padded keys get
         # a bias: adding it needs no work in the backward pass, where selecting the scores
         # would. (Scaling the queries instead of the scores saves no measurable time and
@@ -249,13 +269,12 @@ class TransformerEncoder(keras.layers.Layer):
         probabilities = ops.softmax(scores, axis=-1)
         probabilities = self.attention_probabilities_dropout(probabilities, training=training)
         dtype = self.compute_dtype
-        context = ops.einsum(
-            "bnqk,bknh->bqnh", ops.cast(probabilities, dtype), ops.cast(value, dtype)
-        )
-        attention_output = self.attention_output_dense(context)  # (batch, seq, hidden)
+        return ops.einsum("bnqk,bknh->bqnh", ops.cast(probabilities, dtype), ops.cast(value, dtype))
+
+    def _after_attention(self, queries, attention_output, training):
+        """The residual, LayerNorm and feed-forward sub-layer after the attention output."""
         attention_output = self.attention_dropout(attention_output, training=training)
         hidden = self.attention_layer_norm(ops.add(queries, attention_output))
-
         # GELU in float32, handed on in the compute dtype.
         feedforward = self.intermediate_dense(hidden, training=training)
         feedforward = self.output_dense(feedforward)  # (batch, seq, hidden)

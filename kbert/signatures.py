@@ -32,7 +32,11 @@ Every signature checks its inputs in the graph and answers a request it cannot r
 its text) with InvalidArgument, which TF Serving returns as a 400, never with a crash.
 """
 
+import contextlib
+
 import tensorflow as tf
+
+from kbert.backbone import on_real_tokens_only
 
 SERVING_DEFAULT = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
 SERVE_TOKEN_IDS = "serve_token_ids"
@@ -90,11 +94,14 @@ def build_serving_module(model, preprocessor, task=None, top_k=5, text_pair=None
                 tf.TensorSpec(INPUT_SPECS[key].shape, INPUT_SPECS[key].dtype, name=key)
                 for key in input_names
             ]
-            traced[function, input_names] = tf.function(
-                _with_checked_ranks(function, input_names),
-                input_signature=input_signature,
-                autograph=False,
-            ).get_concrete_function()
+            # The encoder on real tokens alone where no output reads the padded positions.
+            padded = name in task.padded_position_endpoints
+            with contextlib.nullcontext() if padded else on_real_tokens_only():
+                traced[function, input_names] = tf.function(
+                    _with_checked_ranks(function, input_names),
+                    input_signature=input_signature,
+                    autograph=False,
+                ).get_concrete_function()
         signatures[name] = traced[function, input_names]
         method_names[name] = method_name
     # The tf.Variables that the signatures read, as keras.export.ExportArchive tracks them.

@@ -483,9 +483,12 @@ def test_export_holds_only_core_and_tensorflow_text_ops(classifier, tmp_path):
         check_serving_ops(forged)
 
 
-def test_every_encoder_dense_layer_runs_as_one_fused_matmul_in_a_tf1_session(classifier):
+def test_every_encoder_dense_layer_runs_as_one_fused_matmul_on_real_tokens_in_a_tf1_session(
+    classifier,
+):
     # Grappler's remapper fuses a MatMul with the BiasAdd right after it when the model
-    # server loads the graph; a bias added after a reshape would stay a separate pass.
+    # server loads the graph; a bias added after a reshape would stay a separate pass. Each
+    # product has one row per real token of the batch, none for its padding.
     script = textwrap.dedent(
         """
         import collections, json, sys
@@ -497,27 +500,36 @@ def test_every_encoder_dense_layer_runs_as_one_fused_matmul_in_a_tf1_session(cla
             meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], sys.argv[1])
         signature = meta_graph.signature_def["serving_default"]
         fetches = [info.name for info in signature.outputs.values()]
-        feed = {signature.inputs["text"].name: [b"the cat sat", b"a dog ran on the mat"]}
+        feed = {signature.inputs["text"].name: [t.encode() for t in json.loads(sys.argv[2])]}
         options = tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.FULL_TRACE)
         metadata = tf.compat.v1.RunMetadata()
         session.run(fetches, feed, options=options, run_metadata=metadata)
-        ops = collections.Counter()
+        ops, rows = collections.Counter(), set()
         for device in metadata.step_stats.dev_stats:
             for node in device.node_stats:
                 if "transformer_layer" in node.node_name:
-                    ops[node.timeline_label.split("(")[0].split(" = ")[-1].strip()] += 1
-        print(json.dumps(ops))
+                    op = node.timeline_label.split("(")[0].split(" = ")[-1].strip()
+                    ops[op] += 1
+                    if op == "_FusedMatMul":
+                        rows.add(node.output[0].tensor_description.shape.dim[0].size)
+        print(json.dumps([ops, sorted(rows)]))
         """
     )
-    result = subprocess.run([sys.executable, "-c", script, os.fspath(classifier["export"])],
+    texts = ["the cat sat", "a dog ran on the mat and the cat sat on the dog"]
+    padding_mask = reference_inputs(classifier["model_dir"], texts)["padding_mask"]
+    lengths = padding_mask.sum(axis=1)
+    assert lengths.min() < lengths.max(), lengths  # the batch holds padding
+    result = subprocess.run([sys.executable, "-c", script, os.fspath(classifier["export"]),
+                             json.dumps(texts)],
                             capture_output=True, text=True,
                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     assert result.returncode == 0, result.stderr[-4000:]
-    ops = json.loads(result.stdout.strip().splitlines()[-1])
+    ops, rows = json.loads(result.stdout.strip().splitlines()[-1])
     num_layers = classifier["model"].backbone.num_layers
     # Query, key, value, attention output, intermediate and output of every layer.
     assert ops.get("_FusedMatMul") == 6 * num_layers, ops
     assert "MatMul" not in ops and "BiasAdd" not in ops, ops
+    assert rows == [lengths.sum()], (rows, lengths)
 
 
 def test_an_export_with_xla_compiled_functions_fails(classifier, tmp_path):

@@ -239,6 +239,37 @@ def test_padding_does_not_change_the_outputs_of_real_tokens():
     )
 
 
+def test_inside_an_export_the_blocks_run_on_real_tokens_and_give_the_same_outputs():
+    from kbert.backbone import on_real_tokens_only
+
+    backbone = tiny_backbone(dropout=0.0)
+    inputs = backbone_inputs(batch_size=4, seed=3)
+    inputs["padding_mask"][1, 2] = 0  # a hole: any mask, not only padding at the end
+    inputs["padding_mask"][3, :] = 0  # a row without a single real token
+    real = inputs["padding_mask"].astype(bool)
+    expected = as_numpy_tree(backbone(inputs, training=False))
+
+    calls = []
+    original = TransformerEncoder.call_on_tokens
+
+    def recording(block, tokens, *args):
+        calls.append(tuple(tokens.shape))
+        return original(block, tokens, *args)
+
+    with on_real_tokens_only(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(TransformerEncoder, "call_on_tokens", recording)
+        outputs = as_numpy_tree(backbone(inputs, training=False))
+    # Every block saw one row per real token of the batch, and nothing else.
+    assert calls == [(1, real.sum(), 16)] * backbone.num_layers
+    np.testing.assert_allclose(
+        outputs["sequence_output"][real], expected["sequence_output"][real], atol=1e-5
+    )
+    assert np.all(outputs["sequence_output"][~real] == 0)
+    np.testing.assert_allclose(outputs["pooled_output"][:3], expected["pooled_output"][:3], atol=1e-5)
+    # Outside of an export, the padded positions keep the padded computation's values.
+    assert np.abs(as_numpy_tree(backbone(inputs))["sequence_output"][~real]).min() > 0
+
+
 # === Mixed precision ===
 
 

@@ -38,6 +38,9 @@ class Task:
     # More names that select the task (each saved as the settings' "name"), e.g. datasets
     # whose format and labels the task knows.
     aliases = ()
+    # The serving endpoints whose outputs include the padded positions of a batch, which
+    # therefore run the backbone on them (see `kbert.backbone.on_real_tokens_only`).
+    padded_position_endpoints = ()
 
     def __init__(self, settings=None):
         self.settings = dict(settings or {})

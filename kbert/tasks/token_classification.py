@@ -33,6 +33,8 @@ class TokenClassificationTask(Task):
     model_class_name = "BertTokenClassifier"
     learning_rate = 5e-5
     aliases = ("conll2003",)
+    # Its per-token probabilities cover every position of the batch.
+    padded_position_endpoints = ("serve_token_ids",)
 
     # === Model ===
 
