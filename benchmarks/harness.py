@@ -59,7 +59,7 @@ class Worker:
 
 
 def run_alternating(contenders, rounds, check=None):
-    """Measures `contenders` ({name: (module, options, backend)}) in alternation.
+    """Measures `contenders` ({name: (module, options, backend[, environment])}) in alternation.
 
     Workers are started one at a time and only one measures at any moment. `check`, if
     given, is called with every worker's setup details ({name: details}) once all are set
@@ -68,9 +68,9 @@ def run_alternating(contenders, rounds, check=None):
     """
     workers = {}
     try:
-        for name, (module, options, backend) in contenders.items():
+        for name, (module, options, backend, *environment) in contenders.items():
             print(f"  starting {name} ...", file=sys.stderr, flush=True)
-            workers[name] = Worker(name, module, options, backend)
+            workers[name] = Worker(name, module, options, backend, *environment)
         if check is not None:
             check({name: worker.details for name, worker in workers.items()})
         samples = {name: [] for name in workers}

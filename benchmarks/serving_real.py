@@ -14,6 +14,9 @@ numpy array, in a worker process of its own with 2 threads, measured in alternat
   threads), `tf.compat.v1.saved_model.loader.load(session, ["serve"], path)`, and the tensor
   names of the `serving_default` SignatureDef fed and fetched; the worker imports TensorFlow
   and TensorFlow Text only.
+  TensorFlow's own kernels (`TF_ENABLE_ONEDNN_OPTS=0`, its default on CPUs without AVX-512).
+- kbert (TF1 session, oneDNN): the same with `TF_ENABLE_ONEDNN_OPTS=1`, which turns on
+  TensorFlow's oneDNN kernels in the model server as in TensorFlow.
 - kbert (saved_model.load): the same SavedModel through
   `tf.saved_model.load(path).signatures["serving_default"]`, with the same thread pools.
 - PyTorch (transformers): `BertForSequenceClassification` with the fast (Rust) tokenizer,
@@ -22,7 +25,7 @@ numpy array, in a worker process of its own with 2 threads, measured in alternat
   sequence axes, softmax included), `onnxruntime.InferenceSession` on the
   CPUExecutionProvider (2 intra-op threads, ORT_ENABLE_ALL), the `tokenizers` tokenizer.
 
-All four pad each request to its longest text and truncate at 128 tokens, as kbert's
+All of them pad each request to its longest text and truncate at 128 tokens, as kbert's
 `serving_default` signature does (`BertPreprocessor(..., pad_to_longest=True)`, the export's
 sequence length 128), and read the same weights: the Hugging Face classifier is saved with
 `save_pretrained`, converted with `kbert.convert.from_huggingface` (what `kbert convert --from
@@ -80,6 +83,11 @@ BASE_SHAPE = {
 }
 
 KBERT_SESSION = "kbert (TF1 session)"
+KBERT_ONEDNN = "kbert (TF1 session, oneDNN)"
+# TensorFlow's oneDNN kernels: off by default on CPUs without AVX-512 (this switch is read
+# by TensorFlow and by the model server alike, both built with oneDNN).
+ONEDNN = {"TF_ENABLE_ONEDNN_OPTS": "1"}
+DEFAULT_KERNELS = {"TF_ENABLE_ONEDNN_OPTS": "0"}
 KBERT_LOAD = "kbert (saved_model.load)"
 PYTORCH = "PyTorch (transformers)"
 ONNX_RUNTIME = "ONNX Runtime"
@@ -332,6 +340,7 @@ def _onnx_runtime_predictor(options):
 
 PREDICTORS = {
     KBERT_SESSION: _tf1_session_predictor,
+    KBERT_ONEDNN: _tf1_session_predictor,
     KBERT_LOAD: _saved_model_load_predictor,
     PYTORCH: _pytorch_predictor,
     ONNX_RUNTIME: _onnx_runtime_predictor,
@@ -388,13 +397,19 @@ def run_one(texts_name, paths, rounds, requests, intra_op, inter_op):
     options = {"texts": texts_name, "requests": requests, "intra_op": intra_op, "inter_op": inter_op}
     locations = {
         KBERT_SESSION: {"path": paths["saved_model"]},
+        KBERT_ONEDNN: {"path": paths["saved_model"]},
         KBERT_LOAD: {"path": paths["saved_model"]},
         PYTORCH: {"path": paths["huggingface"]},
         ONNX_RUNTIME: {"path": paths["onnx"], "tokenizer": paths["huggingface"]},
     }
     # No worker imports Keras: the backend setting reaches none of them.
     contenders = {
-        name: ("benchmarks.serving_real", dict(options, contender=name, **location), "tensorflow")
+        name: (
+            "benchmarks.serving_real",
+            dict(options, contender=name, **location),
+            "tensorflow",
+            ONEDNN if name == KBERT_ONEDNN else DEFAULT_KERNELS,
+        )
         for name, location in locations.items()
     }
     agreement = {}

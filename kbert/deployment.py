@@ -221,6 +221,9 @@ def write_batching_parameters(directory, num_batch_threads=None):
     return path
 
 
+ONEDNN = "TF_ENABLE_ONEDNN_OPTS=1"
+
+
 def server_commands(base_dir, serving_root=DEFAULT_SERVING_ROOT):
     """The commands that serve every model of `models.config`, in Docker and natively."""
     parent = os.path.dirname(os.path.abspath(base_dir).rstrip(os.sep))
@@ -229,7 +232,9 @@ def server_commands(base_dir, serving_root=DEFAULT_SERVING_ROOT):
         f"--model_config_file={root}/{MODEL_CONFIG_FILE} --enable_batching "
         f"--batching_parameters_file={root}/{BATCHING_PARAMETERS_FILE}"
     )
+    # TensorFlow's oneDNN kernels, which the server is built with but turns on by default
+    # only on CPUs with AVX-512: kbert's exports serve the same numbers with them, faster.
     return [
-        f"docker run -p 8500:8500 -p 8501:8501 -v {parent}:{root} {DOCKER_IMAGE} {flags}",
-        f"tensorflow_model_server --port=8500 --rest_api_port=8501 {flags}",
+        f"docker run -p 8500:8500 -p 8501:8501 -e {ONEDNN} -v {parent}:{root} {DOCKER_IMAGE} {flags}",
+        f"{ONEDNN} tensorflow_model_server --port=8500 --rest_api_port=8501 {flags}",
     ]

@@ -93,8 +93,9 @@ def test_exports_keep_one_entry_per_model_in_models_config(model_dir, tmp_path, 
         "--model_config_file=/models/models.config --enable_batching "
         "--batching_parameters_file=/models/batching_parameters.txt"
     )
-    assert f"docker run -p 8500:8500 -p 8501:8501 -v {root}:/models tensorflow/serving:2.20.0 {flags}" in printed
-    assert f"tensorflow_model_server --port=8500 --rest_api_port=8501 {flags}" in printed
+    docker = "docker run -p 8500:8500 -p 8501:8501 -e TF_ENABLE_ONEDNN_OPTS=1"
+    assert f"{docker} -v {root}:/models tensorflow/serving:2.20.0 {flags}" in printed
+    assert f"TF_ENABLE_ONEDNN_OPTS=1 tensorflow_model_server --port=8500 --rest_api_port=8501 {flags}" in printed
 
     # Another serving root, and a model's entry updated rather than added again.
     deployment.update_model_config(root / "sentiment", keep_versions=3, serving_root="/srv/models/")

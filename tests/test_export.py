@@ -191,14 +191,15 @@ def _bytes(value):
     return value.encode("utf-8") if isinstance(value, str) else value
 
 
-def serve_like_tensorflow_serving(export_dir, requests, python=sys.executable):
+def serve_like_tensorflow_serving(export_dir, requests, python=sys.executable, environment=None):
     """Runs `[{"signature", "inputs"}]` in a fresh TF-only process; returns its responses.
 
     `python` is the interpreter of the process: this one's, or that of an environment with
-    another release's TensorFlow and TF Text. A request the graph refuses is answered with
+    another release's TensorFlow and TF Text; `environment` adds variables to its
+    environment. A request the graph refuses is answered with
     `{"error": "InvalidArgument", "message"}`; any other failure fails the test.
     """
-    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(environment or {}))
     if python != sys.executable:
         environment["PYTHONPATH"] = ""  # nothing of this environment's packages
     result = subprocess.run(
@@ -291,6 +292,24 @@ def test_classifier_served_as_tensorflow_serving_serves_it_equals_keras(
     assert examples["method_name"] == "tensorflow/serving/classify"
     np.testing.assert_allclose(examples["outputs"]["scores"], expected, atol=1e-5)
     assert examples["outputs"]["classes"] == [LABEL_NAMES] * len(TEXTS)
+
+
+def test_with_tensorflows_onednn_kernels_the_classifier_serves_the_same(classifier):
+    # The deployment docs and the printed server commands turn oneDNN on
+    # (TF_ENABLE_ONEDNN_OPTS=1); its kernels round differently, within 1e-5 of Keras.
+    onednn = {"TF_ENABLE_ONEDNN_OPTS": "1"}
+    check = "from tensorflow.python.util import _pywrap_util_port as port; print(port.IsMklEnabled())"
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                            env=dict(os.environ, **onednn))
+    assert result.stdout.split() == ["True"], result.stderr[-2000:]  # the switch is honoured
+    inputs = reference_inputs(classifier["model_dir"], TEXTS)
+    expected = reference_probabilities(classifier["model"], inputs)
+    (response,) = serve_like_tensorflow_serving(
+        classifier["export"],
+        [{"signature": "serving_default", "inputs": {"text": strings(TEXTS)}}],
+        environment=onednn,
+    )
+    np.testing.assert_allclose(response["outputs"]["probabilities"], expected, atol=1e-5)
 
 
 def test_text_pair_classifier_served_as_tensorflow_serving_serves_it_equals_keras(
