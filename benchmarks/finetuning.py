@@ -26,7 +26,9 @@ With `--model` (repeatable), real sizes against a Hugging Face `Trainer`-equival
   Both stacks start from that folder: kbert converts it with `kbert.convert.from_huggingface`
   and loads the backbone as `kbert finetune --init` does; both get the same classification
   head (normal, standard deviation 0.02, written once by the parent). Dropout 0.1.
-- kbert ("kbert" and "kbert, no cache" as above): the pipeline of the `--size` runs, and
+- kbert ("kbert" and "kbert, no cache" as above, and "kbert, oneDNN": "kbert" with
+  `TF_ENABLE_ONEDNN_OPTS=1`, TensorFlow's oneDNN kernels, which are off by default on CPUs
+  without AVX-512; the other kbert rows set it to 0): the pipeline of the `--size` runs, and
   kbert's AdamW as `kbert finetune` builds it (`kbert.training.make_optimizer`: epsilon 1e-6,
   gradients clipped to a global norm of 1, no weight decay on LayerNorm and biases).
 - "PyTorch (transformers)": `BertForSequenceClassification` trained by a plain loop that does
@@ -77,7 +79,12 @@ WEIGHT_DECAY = 0.01
 DROPOUT = 0.1
 CONTENDERS = ("kbert", "kbert, no cache", "keras-hub")
 PYTORCH = "PyTorch (transformers)"
-REAL_SIZE_CONTENDERS = ("kbert", "kbert, no cache", PYTORCH)
+KBERT_ONEDNN = "kbert, oneDNN"
+REAL_SIZE_CONTENDERS = ("kbert", KBERT_ONEDNN, "kbert, no cache", PYTORCH)
+# TensorFlow's oneDNN kernels for one kbert contender, TensorFlow's default ones for the
+# others (oneDNN is off by default on CPUs without AVX-512). PyTorch ignores the switch.
+ONEDNN = {"TF_ENABLE_ONEDNN_OPTS": "1"}
+DEFAULT_KERNELS = {"TF_ENABLE_ONEDNN_OPTS": "0"}
 MODELS = ("minilm", "base")
 BASE_SHAPE = {"num_layers": 12, "num_heads": 12, "hidden_dim": 768, "intermediate_dim": 3072}
 # Batches each worker trains on before its first round (tracing, first allocations).
@@ -222,7 +229,7 @@ def _kbert_setup(options, examples):
     else:
         tokenizer = BertTokenizer.from_model_dir(options["kbert_dir"])
     preprocessor = BertPreprocessor(tokenizer, SEQUENCE_LENGTH)
-    dataset = _pipeline(examples, preprocessor, cache=options["contender"] == "kbert")
+    dataset = _pipeline(examples, preprocessor, cache=options["contender"] in ("kbert", KBERT_ONEDNN))
     per_step, (x, y) = _epoch_statistics(dataset, options)
     model = _kbert_model(options, tokenizer.vocabulary_size)
     optimizer = None
@@ -631,7 +638,12 @@ def _run_models(base, models, rounds, precisions, work_dir):
         peak = harness.matmul_peak_gflops("float32")
         print(f"fine-tuning on SST-2, {model}, float32: matmul peak {peak:.0f} GFLOP/s", flush=True)
         contenders = {
-            name: ("benchmarks.finetuning", dict(options, contender=name), "tensorflow")
+            name: (
+                "benchmarks.finetuning",
+                dict(options, contender=name),
+                "tensorflow",
+                ONEDNN if name == KBERT_ONEDNN else DEFAULT_KERNELS,
+            )
             for name in REAL_SIZE_CONTENDERS
         }
         results = harness.run_alternating(contenders, rounds, check=check_initial_losses)
