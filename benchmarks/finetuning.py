@@ -512,13 +512,7 @@ def _prepare_real_model(model, work_dir):
         shape = dict(BASE_SHAPE)
         huggingface_dir = os.path.join(work_dir, "huggingface_base")
         torch.manual_seed(0)
-        config = transformers.BertConfig(
-            vocab_size=VOCABULARY_SIZE,
-            hidden_size=shape["hidden_dim"],
-            num_hidden_layers=shape["num_layers"],
-            num_attention_heads=shape["num_heads"],
-            intermediate_size=shape["intermediate_dim"],
-        )
+        config = harness.huggingface_bert_config(VOCABULARY_SIZE, **shape)
         transformers.BertModel(config).save_pretrained(huggingface_dir)
         # The same vocabulary and tokenizer settings as the minilm runs.
         transformers.AutoTokenizer.from_pretrained(_checkpoint()).save_pretrained(huggingface_dir)

@@ -110,6 +110,20 @@ def batch_clock(count=None):
     return BatchClock()
 
 
+def huggingface_bert_config(vocabulary_size, num_layers, num_heads, hidden_dim, intermediate_dim, **config):
+    """A `transformers.BertConfig` of kbert's size names (`kbert.size_config`'s keys)."""
+    import transformers
+
+    return transformers.BertConfig(
+        vocab_size=vocabulary_size,
+        hidden_size=hidden_dim,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=intermediate_dim,
+        **config,
+    )
+
+
 def matmul_peak_gflops(dtype="float32", size=2048, repeats=20):
     """The machine's matmul ceiling, in GFLOP/s, from TensorFlow (oneDNN on CPU)."""
     import tensorflow as tf

@@ -102,12 +102,8 @@ def _huggingface_setup(options):
     import transformers
 
     torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=VOCABULARY_SIZE,
-        hidden_size=options["hidden_dim"],
-        num_hidden_layers=options["num_layers"],
-        num_attention_heads=options["num_heads"],
-        intermediate_size=options["intermediate_dim"],
+    config = harness.huggingface_bert_config(
+        VOCABULARY_SIZE, **{key: options[key] for key in ("num_layers", "num_heads", "hidden_dim", "intermediate_dim")}
     )
     # On a GPU where torch has one (untested here: the project's machines have none).
     device = "cuda" if torch.cuda.is_available() else "cpu"
