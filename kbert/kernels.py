@@ -146,8 +146,8 @@ def encoder_on_real_tokens(blocks, inputs, padding_mask):
     """`blocks` run one after another on `inputs` (batch, seq, hidden) at inference, on the
     real tokens alone; None where this does not apply (off TensorFlow, or not in float32).
 
-    A batch of texts of different lengths is padded to the longest: at a batch of news-length
-    texts, a third of the rows are padding. Here only attention sees the padded batch (see
+    A batch of texts of different lengths is padded to the longest, and much of it can be
+    padding. Here only attention sees the padded batch (see
     `TransformerEncoder.call_on_tokens`): the rows of the real positions are gathered once,
     scattered to the padded shape for each block's attention and gathered back after it.
     The result is the padded (batch, seq, hidden) output with zeros at padded positions,
