@@ -1,6 +1,8 @@
 """The README and docs/ agree with the repository: every path they name exists, every relative link resolves,
-and the README's performance figures are those of benchmarks/RESULTS.md."""
+and the README's performance figures are those of benchmarks/RESULTS.md and of
+benchmarks/results/serving_real.json."""
 
+import json
 import re
 from pathlib import Path
 
@@ -199,3 +201,30 @@ def test_the_readme_performance_figures_are_those_of_the_results_file():
     quoted = _figures("\n".join(re.sub(r"^\|[^|]*\|", "", row) for row in rows))
     assert rows and quoted
     assert sorted(quoted - _figures((ROOT / "benchmarks" / "RESULTS.md").read_text("utf-8"))) == []
+
+
+def _rounded_figures(value, digits=3):
+    """Every number in a JSON value, rounded to `digits` significant digits."""
+    if isinstance(value, dict):
+        return set().union(*map(_rounded_figures, value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*map(_rounded_figures, value)) if value else set()
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value:
+        return {float(f"{value:.{digits}g}")}
+    return set()
+
+
+def test_the_readme_real_size_figures_are_those_of_the_serving_results():
+    readme = (ROOT / "README.md").read_text("utf-8")
+    section = re.search(
+        r"^## Against PyTorch and ONNX Runtime\n(.*?)^## ", readme, flags=re.MULTILINE | re.DOTALL
+    ).group(1)
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "texts/s |" not in line]
+    quoted = _figures("\n".join(re.sub(r"^\|[^|]*\|", "", row) for row in rows))
+    assert rows and quoted
+    results = json.loads((ROOT / "benchmarks" / "results" / "serving_real.json").read_text("utf-8"))
+    (news,) = [report for report in results["results"] if report["model"] == "minilm" and report["texts"] == "news"]
+    measured = _rounded_figures(
+        [{key: row[key] for key in ("batch_1_p50_ms", "batch_64_texts_per_second")} for row in news["rows"]]
+    )
+    assert sorted(quoted - measured) == []
