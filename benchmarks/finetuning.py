@@ -81,10 +81,6 @@ CONTENDERS = ("kbert", "kbert, no cache", "keras-hub")
 PYTORCH = "PyTorch (transformers)"
 KBERT_ONEDNN = "kbert, oneDNN"
 REAL_SIZE_CONTENDERS = ("kbert", KBERT_ONEDNN, "kbert, no cache", PYTORCH)
-# TensorFlow's oneDNN kernels for one kbert contender, TensorFlow's default ones for the
-# others (oneDNN is off by default on CPUs without AVX-512). PyTorch ignores the switch.
-ONEDNN = {"TF_ENABLE_ONEDNN_OPTS": "1"}
-DEFAULT_KERNELS = {"TF_ENABLE_ONEDNN_OPTS": "0"}
 MODELS = ("minilm", "base")
 BASE_SHAPE = {"num_layers": 12, "num_heads": 12, "hidden_dim": 768, "intermediate_dim": 3072}
 # Batches each worker trains on before its first round (tracing, first allocations).
@@ -636,7 +632,7 @@ def _run_models(base, models, rounds, precisions, work_dir):
                 "benchmarks.finetuning",
                 dict(options, contender=name),
                 "tensorflow",
-                ONEDNN if name == KBERT_ONEDNN else DEFAULT_KERNELS,
+                harness.tensorflow_kernels(onednn=name == KBERT_ONEDNN),
             )
             for name in REAL_SIZE_CONTENDERS
         }

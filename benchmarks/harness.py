@@ -110,6 +110,15 @@ def batch_clock(count=None):
     return BatchClock()
 
 
+def tensorflow_kernels(onednn):
+    """The environment of a worker that runs TensorFlow's oneDNN kernels or its default ones.
+
+    TensorFlow reads the switch at import; without it, oneDNN is on only on CPUs with AVX-512.
+    The model server reads the same switch. PyTorch and ONNX Runtime ignore it.
+    """
+    return {"TF_ENABLE_ONEDNN_OPTS": "1" if onednn else "0"}
+
+
 def huggingface_bert_config(vocabulary_size, num_layers, num_heads, hidden_dim, intermediate_dim, **config):
     """A `transformers.BertConfig` of kbert's size names (`kbert.size_config`'s keys)."""
     import transformers

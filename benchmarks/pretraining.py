@@ -102,9 +102,8 @@ def _huggingface_setup(options):
     import transformers
 
     torch.manual_seed(0)
-    config = harness.huggingface_bert_config(
-        VOCABULARY_SIZE, **{key: options[key] for key in ("num_layers", "num_heads", "hidden_dim", "intermediate_dim")}
-    )
+    shape = ("num_layers", "num_heads", "hidden_dim", "intermediate_dim")
+    config = harness.huggingface_bert_config(VOCABULARY_SIZE, **{key: options[key] for key in shape})
     # On a GPU where torch has one (untested here: the project's machines have none).
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = transformers.BertForMaskedLM(config).to(device).train()

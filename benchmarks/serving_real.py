@@ -13,8 +13,8 @@ numpy array, in a worker process of its own with 2 threads, measured in alternat
   `tf.compat.v1.Session` (intra-op and inter-op pools of `--intra-op` and `--inter-op`
   threads), `tf.compat.v1.saved_model.loader.load(session, ["serve"], path)`, and the tensor
   names of the `serving_default` SignatureDef fed and fetched; the worker imports TensorFlow
-  and TensorFlow Text only.
-  TensorFlow's own kernels (`TF_ENABLE_ONEDNN_OPTS=0`, its default on CPUs without AVX-512).
+  and TensorFlow Text only, and runs TensorFlow's own kernels (`TF_ENABLE_ONEDNN_OPTS=0`,
+  its default on CPUs without AVX-512).
 - kbert (TF1 session, oneDNN): the same with `TF_ENABLE_ONEDNN_OPTS=1`, which turns on
   TensorFlow's oneDNN kernels in the model server as in TensorFlow.
 - kbert (saved_model.load): the same SavedModel through
@@ -84,10 +84,6 @@ BASE_SHAPE = {
 
 KBERT_SESSION = "kbert (TF1 session)"
 KBERT_ONEDNN = "kbert (TF1 session, oneDNN)"
-# TensorFlow's oneDNN kernels: off by default on CPUs without AVX-512 (this switch is read
-# by TensorFlow and by the model server alike, both built with oneDNN).
-ONEDNN = {"TF_ENABLE_ONEDNN_OPTS": "1"}
-DEFAULT_KERNELS = {"TF_ENABLE_ONEDNN_OPTS": "0"}
 KBERT_LOAD = "kbert (saved_model.load)"
 PYTORCH = "PyTorch (transformers)"
 ONNX_RUNTIME = "ONNX Runtime"
@@ -408,7 +404,7 @@ def run_one(texts_name, paths, rounds, requests, intra_op, inter_op):
             "benchmarks.serving_real",
             dict(options, contender=name, **location),
             "tensorflow",
-            ONEDNN if name == KBERT_ONEDNN else DEFAULT_KERNELS,
+            harness.tensorflow_kernels(onednn=name == KBERT_ONEDNN),
         )
         for name, location in locations.items()
     }

@@ -148,7 +148,7 @@ class BertBackbone(FunctionalModel):
         )
         self.embeddings_dropout = Dropout(dropout, dtype="float32", name="embeddings_dropout")
 
-    def _encoder_outputs(self, inputs, query_positions=None, training=None):
+    def _encoder_outputs(self, inputs, query_positions=None, training=None, real_tokens_only=False):
         """`sequence_output` and `pooled_output` of `inputs`, symbolic or not.
 
         The functional graph is this function of the inputs. With `query_positions`
@@ -156,20 +156,20 @@ class BertBackbone(FunctionalModel):
         Garden's `output_range`, with positions chosen per example): `sequence_output` is
         then (batch, num_queries, hidden), the rows of the full output at them, and
         `pooled_output` pools the first of them. Every position still attends and is
-        attended to in the blocks below.
+        attended to in the blocks below. With `real_tokens_only` (inside `on_real_tokens_only`
+        at inference), the blocks run on real tokens alone: see kernels.encoder_on_real_tokens.
         """
         tokens = self.token_embedding(inputs["token_ids"])  # (batch, seq, hidden)
         positions = self.position_embedding(tokens)
         segments = self.segment_embedding(inputs["segment_ids"])
         x = self.embeddings_layer_norm(ops.add(ops.add(tokens, positions), segments))
         x = self.embeddings_dropout(x, training=training)
-        x = self._encode(x, inputs["padding_mask"], query_positions, training)
+        x = self._encode(x, inputs["padding_mask"], query_positions, training, real_tokens_only)
         # (batch, seq, hidden) and (batch, hidden), float32
         return {"sequence_output": x, "pooled_output": self.pooled_dense(x[:, 0, :])}
 
-    def _encode(self, x, padding_mask, query_positions, training):
-        if query_positions is None and not training and _real_tokens_only.active:
-            # Inside an export: the blocks on real tokens alone (see kernels.encoder_on_real_tokens).
+    def _encode(self, x, padding_mask, query_positions, training, real_tokens_only):
+        if real_tokens_only:
             outputs = kernels.encoder_on_real_tokens(self.transformer_layers, x, padding_mask)
             if outputs is not None:
                 return outputs
@@ -194,8 +194,8 @@ class BertBackbone(FunctionalModel):
         if query_positions is not None:
             return self._encoder_outputs(inputs, ops.cast(query_positions, "int32"), training=training)
         if _real_tokens_only.active and not training:
-            # Not the functional graph, whose blocks run on the padded batch: see _encode.
-            return self._encoder_outputs(inputs, training=training)
+            # Not the functional graph, whose blocks run on the padded batch.
+            return self._encoder_outputs(inputs, training=training, real_tokens_only=True)
         return super().call(inputs, training=training, mask=mask)
 
     def compute_output_spec(self, inputs, training=None, mask=None, query_positions=None):

@@ -20,6 +20,9 @@ BATCHING_PARAMETERS_FILE = "batching_parameters.txt"
 DEFAULT_SERVING_ROOT = "/models"
 # The newest release kbert's exports are tested on; every image from 2.12 on serves them.
 DOCKER_IMAGE = "tensorflow/serving:2.20.0"
+# TensorFlow's oneDNN kernels, which the server is built with but turns on by default only
+# on CPUs with AVX-512: kbert's exports serve the same numbers with them, faster.
+ONEDNN = "TF_ENABLE_ONEDNN_OPTS=1"
 # Words per warm-up text: a short query, a sentence, and as many as the export reads.
 WARMUP_WORD_COUNTS = (4, 24)
 WARMUP_BATCH_SIZES = (1, 8)
@@ -221,9 +224,6 @@ def write_batching_parameters(directory, num_batch_threads=None):
     return path
 
 
-ONEDNN = "TF_ENABLE_ONEDNN_OPTS=1"
-
-
 def server_commands(base_dir, serving_root=DEFAULT_SERVING_ROOT):
     """The commands that serve every model of `models.config`, in Docker and natively."""
     parent = os.path.dirname(os.path.abspath(base_dir).rstrip(os.sep))
@@ -232,8 +232,6 @@ def server_commands(base_dir, serving_root=DEFAULT_SERVING_ROOT):
         f"--model_config_file={root}/{MODEL_CONFIG_FILE} --enable_batching "
         f"--batching_parameters_file={root}/{BATCHING_PARAMETERS_FILE}"
     )
-    # TensorFlow's oneDNN kernels, which the server is built with but turns on by default
-    # only on CPUs with AVX-512: kbert's exports serve the same numbers with them, faster.
     return [
         f"docker run -p 8500:8500 -p 8501:8501 -e {ONEDNN} -v {parent}:{root} {DOCKER_IMAGE} {flags}",
         f"{ONEDNN} tensorflow_model_server --port=8500 --rest_api_port=8501 {flags}",
